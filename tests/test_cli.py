@@ -1,0 +1,59 @@
+"""The `pace-gguf` command: info, pull, chat, and one clear line for every kind of bad input."""
+
+import pytest
+
+pytestmark = pytest.mark.slow  # real model, real subprocesses
+
+
+def test_info_shows_patched_build(run_cli):
+    result = run_cli("info")
+    assert result.returncode == 0, result.stderr
+    assert "pace-gguf 0.1.0 llama.cpp b11312 patches" in result.stdout
+    assert "CPU" in result.stdout
+
+
+def test_pull_prints_cached_path(run_cli, default_model_path):
+    result = run_cli("pull")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == str(default_model_path)
+
+
+def test_chat_answers_capital_of_france(run_cli, default_model_path):
+    result = run_cli("chat", "--prompt", "Which city is the capital of France?", "--temperature", "0")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+
+
+def test_chat_repl_reset_and_exit(run_cli, default_model_path):
+    script = "Which city is the capital of France?\n/reset\n/exit\nthis line is never read\n"
+    result = run_cli("chat", "--temperature", "0", "--max-tokens", "48", input=script)
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    assert "(conversation cleared)" in result.stderr
+
+
+def test_missing_model_path(run_cli, assert_one_line_error, tmp_path):
+    assert_one_line_error(run_cli("chat", "-m", str(tmp_path / "missing.gguf"), "-p", "hi"), "not found")
+
+
+def test_non_gguf_file(run_cli, assert_one_line_error, tmp_path):
+    bogus = tmp_path / "bogus.gguf"
+    bogus.write_bytes(b"PK\x03\x04 not a model")
+    assert_one_line_error(run_cli("chat", "-m", str(bogus), "-p", "hi"), "not a GGUF file")
+
+
+def test_truncated_gguf(run_cli, assert_one_line_error, default_model_path, copy_file):
+    cut = copy_file(default_model_path, nbytes=default_model_path.stat().st_size - 1000)
+    assert_one_line_error(run_cli("chat", "-m", str(cut), "-p", "hi"), "truncated")
+
+
+def test_unknown_registry_name(run_cli, assert_one_line_error):
+    assert_one_line_error(run_cli("pull", "no-such-model"), "unknown model name")
+    assert_one_line_error(run_cli("chat", "-m", "no-such-model", "-p", "hi"), "neither an existing file")
+
+
+def test_invalid_parameter_is_a_usage_error(run_cli):
+    result = run_cli("chat", "--temperature", "-1", "-p", "hi")
+    assert result.returncode == 2
+    assert "must be >= 0" in result.stderr
+    assert "Traceback" not in result.stderr

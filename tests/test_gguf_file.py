@@ -1,0 +1,53 @@
+"""Bad model files get a ModelFileError that says what is wrong, before llama.cpp sees them."""
+
+import os
+
+import pytest
+
+from pace_gguf import ModelFileError
+from pace_gguf.gguf_file import check_gguf
+
+pytestmark = pytest.mark.slow  # uses the real default model
+
+
+def test_valid_model_passes(default_model_path):
+    summary = check_gguf(default_model_path)
+    assert summary.architecture == "llama"
+    assert summary.n_tensors > 0
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ModelFileError, match="not found"):
+        check_gguf(tmp_path / "nope.gguf")
+
+
+def test_folder_is_not_a_model(tmp_path):
+    with pytest.raises(ModelFileError, match="is a folder"):
+        check_gguf(tmp_path)
+
+
+def test_not_gguf(tmp_path):
+    bogus = tmp_path / "notes.gguf"
+    bogus.write_text("this is plain text\n")
+    with pytest.raises(ModelFileError, match="not a GGUF file"):
+        check_gguf(bogus)
+
+
+def test_truncated_tensor_data(default_model_path, copy_file):
+    cut = copy_file(default_model_path, nbytes=default_model_path.stat().st_size // 2)
+    with pytest.raises(ModelFileError, match="truncated"):
+        check_gguf(cut)
+
+
+def test_truncated_header(default_model_path, copy_file):
+    cut = copy_file(default_model_path, nbytes=4096)
+    with pytest.raises(ModelFileError, match="truncated or corrupt"):
+        check_gguf(cut)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root can read any file")
+def test_unreadable_file(default_model_path, copy_file):
+    locked = copy_file(default_model_path, nbytes=1024)
+    locked.chmod(0)
+    with pytest.raises(ModelFileError, match="cannot read"):
+        check_gguf(locked)
