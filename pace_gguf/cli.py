@@ -62,7 +62,25 @@ def _load_llama(args: argparse.Namespace):
         n_gpu_layers=args.n_gpu_layers,
         seed=args.seed,
         verbose=args.verbose,
+        pace=_pace_changes(args),
     )
+
+
+def _pace_changes(args: argparse.Namespace) -> dict:
+    """AMB settings given on the command line, as changes to the model's pace.amb.* defaults."""
+    changes = {name: getattr(args, f"amb_{name}") for name in _AMB_FLAGS if getattr(args, f"amb_{name}") is not None}
+    if args.amb is not None:
+        changes["enabled"] = args.amb
+    return changes
+
+
+def _print_stats(llm) -> None:
+    if not llm.amb_enabled:
+        print("AMB is off (no statistics)", file=sys.stderr)
+        return
+    print(f"AMB ({llm.pace.mode} mode, bank memory {llm.amb_memory_bytes / 2**20:.2f} MiB):", file=sys.stderr)
+    for stats in llm.memory_stats().values():
+        print(f"  {stats}", file=sys.stderr)
 
 
 def _stream_reply(llm, messages: list[dict], args: argparse.Namespace) -> str:
@@ -109,12 +127,16 @@ def _repl(llm, args: argparse.Namespace) -> None:
             continue
         messages.append({"role": "user", "content": line})
         messages.append({"role": "assistant", "content": _stream_reply(llm, messages, args)})
+        if args.stats:
+            _print_stats(llm)
 
 
 def cmd_chat(args: argparse.Namespace) -> int:
     llm = _load_llama(args)
     if args.prompt is not None:
         _stream_reply(llm, _initial_messages(args) + [{"role": "user", "content": args.prompt}], args)
+        if args.stats:
+            _print_stats(llm)
     else:
         _repl(llm, args)
     return 0
@@ -142,6 +164,37 @@ def _probability(text: str) -> float:
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
     return value
+
+
+def _layer_list(text: str) -> tuple[int, ...]:
+    try:
+        layers = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 13,28, got {text!r}") from None
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative layer indices, got {text!r}")
+    return layers
+
+
+# CLI flag suffix -> (type, help); each maps to the PaceConfig field of the same name.
+_AMB_FLAGS = {
+    "layers": (_layer_list, "0-based layers with an Activation Memory Bank, e.g. 13,28 (implies --amb)"),
+    "bank_size": (_positive_int, "slots per bank (default 100)"),
+    "theta_high": (_probability, "similarity above which a token reuses the bank (default 0.75)"),
+    "theta_low": (_probability, "similarity above which a token fuses with the bank (default 0.25)"),
+    "alpha": (_probability, "fusion weight of the retrieved activation (default 0.2)"),
+    "mode": (str, "code (released code's rules, default) or paper (Algorithm 1)"),
+    "granularity": (str, "ubatch (default) or prompt (a whole prompt reads the bank as before it)"),
+}
+
+
+def _add_amb_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("Activation Memory Bank (defaults: the model's pace.amb.* metadata, else off)")
+    g.add_argument("--amb", action=argparse.BooleanOptionalAction, default=None, help="switch the AMB on or off")
+    for name, (kind, text) in _AMB_FLAGS.items():
+        flag = "--amb-bank" if name == "bank_size" else f"--amb-{name.replace('_', '-')}"
+        g.add_argument(flag, dest=f"amb_{name}", type=kind, default=None, help=text)
+    g.add_argument("--stats", action="store_true", help="after each answer, print per AMB layer the slots used and case counts")
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
@@ -175,6 +228,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-p", type=_probability, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--max-tokens", type=_positive_int, default=512)
+    _add_amb_args(p)
     p.set_defaults(func=cmd_chat)
     return parser
 

@@ -1,0 +1,223 @@
+"""The Activation Memory Bank from Python: configuration and the ctypes layer over llama.h's
+`llama_pace_amb_*` functions (implemented in cpp/src/pace-amb.cpp).
+
+Validation lives in one place, the C library: `set_params` rejects invalid values with a message
+that names the parameter, and this module raises it as `PaceConfigError`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+from dataclasses import dataclass
+
+import numpy as np
+
+from ._native import native_library
+from .errors import PaceError
+
+MAX_LAYERS = 512
+MODES = ("code", "paper")
+GRANULARITIES = ("ubatch", "prompt")
+
+
+class PaceConfigError(PaceError, ValueError):
+    """Invalid Activation Memory Bank parameters or pace.* metadata."""
+
+
+class _Params(ctypes.Structure):
+    _fields_ = [
+        ("enabled", ctypes.c_bool),
+        ("mode", ctypes.c_int32),
+        ("granularity", ctypes.c_int32),
+        ("bank_size", ctypes.c_int32),
+        ("topk", ctypes.c_int32),
+        ("negk", ctypes.c_int32),
+        ("store_topk", ctypes.c_int32),
+        ("chunk", ctypes.c_int32),
+        ("theta_high", ctypes.c_float),
+        ("theta_low", ctypes.c_float),
+        ("alpha", ctypes.c_float),
+        ("w_high", ctypes.c_float),
+        ("w_mid", ctypes.c_float),
+        ("lambda_", ctypes.c_float),
+        ("momentum", ctypes.c_float),
+        ("n_layers", ctypes.c_int32),
+        ("layers", ctypes.c_int32 * MAX_LAYERS),
+    ]
+
+
+class _Stats(ctypes.Structure):
+    _fields_ = [
+        ("bank_size", ctypes.c_int32),
+        ("n_slots_used", ctypes.c_int32),
+        ("n_high", ctypes.c_int64),
+        ("n_mid", ctypes.c_int64),
+        ("n_low", ctypes.c_int64),
+        ("n_invalidations", ctypes.c_int32),
+        ("pos_min", ctypes.c_int32),
+        ("pos_max", ctypes.c_int32),
+    ]
+
+
+@dataclass(frozen=True)
+class PaceConfig:
+    """Activation Memory Bank settings of a context. Layers are 0-based (the paper's "13, 27" is 12, 26).
+
+    Defaults are the released PaceLLM code's. `mode`: "code" (default) or "paper" (Algorithm 1);
+    `granularity`: "ubatch" (each ubatch reads the bank left by the previous one) or "prompt"
+    (a whole prompt reads the bank as it was before it, like one Hugging Face forward).
+    """
+
+    enabled: bool = False
+    layers: tuple[int, ...] = ()
+    bank_size: int = 100
+    theta_high: float = 0.75
+    theta_low: float = 0.25
+    topk: int = 5
+    negk: int = 2
+    store_topk: int = 5
+    alpha: float = 0.2
+    w_high: float = 1.0
+    w_mid: float = 0.5
+    negative_weight: float = 0.1
+    momentum: float = 0.5
+    chunk: int = 1024
+    mode: str = "code"
+    granularity: str = "ubatch"
+
+    def replace(self, **changes) -> "PaceConfig":
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise PaceConfigError(f"unknown AMB setting(s): {', '.join(unknown)}")
+        return dataclasses.replace(self, **changes)
+
+    # -- conversion to and from the C struct ----------------------------------------------------
+
+    def _to_c(self) -> _Params:
+        if self.mode not in MODES:
+            raise PaceConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
+        if self.granularity not in GRANULARITIES:
+            raise PaceConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
+        layers = tuple(self.layers)
+        if len(layers) > MAX_LAYERS or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise PaceConfigError(f"layers must be at most {MAX_LAYERS} integers, got {self.layers!r}")
+        p = _Params()
+        p.enabled = bool(self.enabled)
+        p.mode = MODES.index(self.mode)
+        p.granularity = GRANULARITIES.index(self.granularity)
+        for name in ("bank_size", "topk", "negk", "store_topk", "chunk"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
+                raise PaceConfigError(f"{name} must be an integer, got {value!r}")
+            setattr(p, name, value)
+        for name in ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "momentum"):
+            setattr(p, name, float(getattr(self, name)))
+        p.lambda_ = float(self.negative_weight)
+        p.n_layers = len(layers)
+        for i, layer in enumerate(layers):
+            p.layers[i] = layer
+        return p
+
+    @classmethod
+    def _from_c(cls, p: _Params) -> "PaceConfig":
+        return cls(
+            enabled=bool(p.enabled), layers=tuple(p.layers[: p.n_layers]), bank_size=p.bank_size,
+            theta_high=p.theta_high, theta_low=p.theta_low, topk=p.topk, negk=p.negk,
+            store_topk=p.store_topk, alpha=p.alpha, w_high=p.w_high, w_mid=p.w_mid,
+            negative_weight=p.lambda_, momentum=p.momentum, chunk=p.chunk,
+            mode=MODES[p.mode], granularity=GRANULARITIES[p.granularity],
+        )
+
+
+@dataclass(frozen=True)
+class LayerStats:
+    """One AMB layer of one sequence: bank occupancy and retrieval cases since the last reset."""
+
+    layer: int
+    slots_used: int
+    bank_size: int
+    high: int
+    mid: int
+    low: int
+    invalidations: int
+
+    def __str__(self) -> str:
+        return (f"layer {self.layer}: slots {self.slots_used}/{self.bank_size}, high {self.high}, "
+                f"mid {self.mid}, low {self.low}, invalidations {self.invalidations}")
+
+
+def _bind(name: str, restype, argtypes):
+    fn = getattr(native_library(), name)
+    fn.restype = restype
+    fn.argtypes = argtypes
+    return fn
+
+
+def last_error() -> str:
+    return _bind("llama_pace_last_error", ctypes.c_char_p, [])().decode()
+
+
+def _check(status: int, what: str) -> int:
+    if status < 0:
+        raise PaceConfigError(f"{what}: {last_error()}")
+    return status
+
+
+def model_config(model_ptr) -> PaceConfig:
+    """The AMB settings a model's pace.amb.* GGUF keys give (disabled when absent)."""
+    p = _Params()
+    fn = _bind("llama_pace_amb_model_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])
+    _check(fn(model_ptr, ctypes.byref(p)), "invalid pace.amb metadata")
+    return PaceConfig._from_c(p)
+
+
+def get_config(ctx_ptr) -> PaceConfig:
+    p = _Params()
+    _bind("llama_pace_amb_get_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])(ctx_ptr, ctypes.byref(p))
+    return PaceConfig._from_c(p)
+
+
+def set_config(ctx_ptr, config: PaceConfig) -> None:
+    fn = _bind("llama_pace_amb_set_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])
+    _check(fn(ctx_ptr, ctypes.byref(config._to_c())), "invalid AMB settings")
+
+
+def reset(ctx_ptr, seq_id: int = -1) -> None:
+    _check(_bind("llama_pace_amb_reset", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_int32])(ctx_ptr, seq_id), "reset")
+
+
+def layer_stats(ctx_ptr, layer: int, seq_id: int = 0) -> LayerStats:
+    s = _Stats()
+    fn = _bind("llama_pace_amb_get_stats", ctypes.c_int32,
+               [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(_Stats)])
+    _check(fn(ctx_ptr, seq_id, layer, ctypes.byref(s)), "stats")
+    return LayerStats(layer, s.n_slots_used, s.bank_size, s.n_high, s.n_mid, s.n_low, s.n_invalidations)
+
+
+def bank(ctx_ptr, layer: int, seq_id: int = 0) -> dict[str, np.ndarray]:
+    """A copy of one bank: keys and values [bank_size, n_ff], usage [bank_size], valid (bool)."""
+    fp = ctypes.POINTER(ctypes.c_float)
+    fn = _bind("llama_pace_amb_get_bank", ctypes.c_int32,
+               [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, fp, fp, fp, fp, ctypes.POINTER(ctypes.c_int64)])
+    n_ff = ctypes.c_int64()
+    _check(fn(ctx_ptr, seq_id, layer, None, None, None, None, ctypes.byref(n_ff)), "bank")
+    m = get_config(ctx_ptr).bank_size
+    keys, values = np.zeros((m, n_ff.value), np.float32), np.zeros((m, n_ff.value), np.float32)
+    usage, valid = np.zeros(m, np.float32), np.zeros(m, np.float32)
+    ptr = lambda a: a.ctypes.data_as(fp)  # noqa: E731
+    _check(fn(ctx_ptr, seq_id, layer, ptr(keys), ptr(values), ptr(usage), ptr(valid), None), "bank")
+    return {"keys": keys, "values": values, "usage": usage, "valid": valid != 0}
+
+
+def cases(ctx_ptr, layer: int, n_pos: int, seq_id: int = 0) -> np.ndarray:
+    """Retrieval case per position (0 low, 1 mid, 2 high, -1 no token) of one AMB layer."""
+    out = np.zeros(n_pos, np.int32)
+    fn = _bind("llama_pace_amb_get_cases", ctypes.c_int32,
+               [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32])
+    n = _check(fn(ctx_ptr, seq_id, layer, out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n_pos), "cases")
+    return out[:n]
+
+
+def memory_size(ctx_ptr) -> int:
+    return _bind("llama_pace_amb_memory_size", ctypes.c_size_t, [ctypes.c_void_p])(ctx_ptr)
