@@ -1,17 +1,22 @@
-"""Check a GGUF file before llama.cpp sees it, so bad input gets a clear error instead of a crash.
+"""Check a GGUF file before llama.cpp loads it, so bad input gets a clear error instead of a crash.
 
 llama.cpp reports a missing, foreign or truncated file as a generic "failed to load model"; here each
-case gets its own message naming the file and what is wrong with it.
+case gets its own message naming the file and what is wrong with it. The header is parsed by ggml's
+own GGUF reader (the one llama.cpp will use, and fast: a 150k-token vocabulary parses in
+milliseconds where gguf-py's pure-Python reader takes seconds).
 """
 
 from __future__ import annotations
 
+import ctypes
 from dataclasses import dataclass
 from pathlib import Path
 
+from ._native import native_library
 from .errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
+GGUF_TYPE_STRING = 8  # enum gguf_type
 
 
 @dataclass(frozen=True)
@@ -22,7 +27,36 @@ class GGUFSummary:
     architecture: str | None
 
 
-def _open_checked(path: Path) -> bytes:
+class _InitParams(ctypes.Structure):
+    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
+
+
+_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
+_SILENT = _LOG_CALLBACK(lambda level, text, user_data: None)
+
+
+def _gguf_api() -> ctypes.CDLL:
+    lib = native_library()
+    signatures = {
+        "gguf_init_from_file": (ctypes.c_void_p, [ctypes.c_char_p, _InitParams]),
+        "gguf_free": (None, [ctypes.c_void_p]),
+        "gguf_get_data_offset": (ctypes.c_size_t, [ctypes.c_void_p]),
+        "gguf_get_n_tensors": (ctypes.c_int64, [ctypes.c_void_p]),
+        "gguf_get_tensor_offset": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
+        "gguf_get_tensor_size": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
+        "gguf_find_key": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
+        "gguf_get_val_str": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
+        "gguf_get_kv_type": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        "ggml_log_get": (None, [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]),
+        "ggml_log_set": (None, [ctypes.c_void_p, ctypes.c_void_p]),
+    }
+    for name, (restype, argtypes) in signatures.items():
+        fn = getattr(lib, name)
+        fn.restype, fn.argtypes = restype, argtypes
+    return lib
+
+
+def _read_magic(path: Path) -> bytes:
     """Return the first 4 bytes, turning every file-system problem into a ModelFileError."""
     if not path.exists():
         raise ModelFileError(f"model file not found: {path}")
@@ -35,22 +69,38 @@ def _open_checked(path: Path) -> bytes:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
+def _parse_header(lib: ctypes.CDLL, path: Path) -> int:
+    """ggml's GGUF context for the file's header (no tensor data read), its own log silenced."""
+    old_cb, old_ud = ctypes.c_void_p(), ctypes.c_void_p()
+    lib.ggml_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
+    lib.ggml_log_set(ctypes.cast(_SILENT, ctypes.c_void_p), None)
+    try:
+        return lib.gguf_init_from_file(str(path).encode(), _InitParams(True, None))
+    finally:
+        lib.ggml_log_set(old_cb, old_ud)
+
+
 def check_gguf(path: str | Path) -> GGUFSummary:
     """Validate that `path` is a complete GGUF file; raise ModelFileError otherwise."""
-    from gguf import GGUFReader  # noqa: PLC0415  (keeps `import pace_gguf` light)
-
     path = Path(path).expanduser()
-    magic = _open_checked(path)
+    magic = _read_magic(path)
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    size = path.stat().st_size
+    lib = _gguf_api()
+    ctx = _parse_header(lib, path)
+    if not ctx:
+        raise ModelFileError(f"{path} is not a valid GGUF file: its header is truncated or corrupt")
     try:
-        reader = GGUFReader(path, "r")
-    except Exception as exc:  # gguf raises ValueError/IndexError/struct errors on damaged headers
-        raise ModelFileError(f"{path} is not a valid GGUF file: its header is truncated or corrupt ({exc})") from exc
-    needed = max((t.data_offset + t.n_bytes for t in reader.tensors), default=reader.data_offset)
+        n_tensors = lib.gguf_get_n_tensors(ctx)
+        data = lib.gguf_get_data_offset(ctx)
+        needed = max((data + lib.gguf_get_tensor_offset(ctx, i) + lib.gguf_get_tensor_size(ctx, i)
+                      for i in range(n_tensors)), default=data)
+        key = lib.gguf_find_key(ctx, b"general.architecture")
+        is_str = key >= 0 and lib.gguf_get_kv_type(ctx, key) == GGUF_TYPE_STRING  # ggml aborts on a type mismatch
+        arch = lib.gguf_get_val_str(ctx, key).decode() if is_str else None
+    finally:
+        lib.gguf_free(ctx)
+    size = path.stat().st_size
     if size < needed:
         raise ModelFileError(f"{path} is truncated: its tensors need {needed:,} bytes but the file has {size:,}")
-    arch_field = reader.get_field("general.architecture")
-    arch = arch_field.contents() if arch_field is not None else None
-    return GGUFSummary(path=path, size=size, n_tensors=len(reader.tensors), architecture=arch)
+    return GGUFSummary(path=path, size=size, n_tensors=n_tensors, architecture=arch)
