@@ -11,6 +11,7 @@ package, and reused afterwards (an up-to-date build takes a second).
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shlex
@@ -30,6 +31,14 @@ def default_build_dir() -> Path:
 
 
 def build(build_dir: Path) -> Path:
+    """Configure (once) and build libllama; concurrent callers wait for each other."""
+    build_dir.mkdir(parents=True, exist_ok=True)
+    with open(build_dir / ".build.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _build_locked(build_dir)
+
+
+def _build_locked(build_dir: Path) -> Path:
     configure = ["cmake", "-S", str(HERE), "-B", str(build_dir), "-DPACE_STOCK=ON", "-DCMAKE_BUILD_TYPE=Release",
                  f"-DPython_EXECUTABLE={sys.executable}"]
     if shutil.which("ninja"):
