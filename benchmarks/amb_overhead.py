@@ -53,8 +53,11 @@ def timed(fn) -> float:
 
 
 def generate(llm: Llama, n: int) -> None:
+    """Greedy decoding, one token per llama_decode, reading only the last token's logits."""
+    lc = llm._llama_cpp_api
     for _ in range(n):
-        llm.eval([int(np.argmax(llm.scores[llm.n_tokens - 1]))])
+        last = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
+        llm.eval([int(np.argmax(last))])
 
 
 def bench_model(name: str, n_prompt: int, n_gen: int, reps: int, threads: int) -> list[dict]:
@@ -64,6 +67,9 @@ def bench_model(name: str, n_prompt: int, n_gen: int, reps: int, threads: int) -
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, min(probe.n_vocab(), 20000), n_prompt).tolist()
     del probe
+    from pace_gguf._native import llama_cpp_module
+
+    Llama._llama_cpp_api = llama_cpp_module().llama_cpp
     llms = {
         label: Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=512,
                      n_threads=threads, n_threads_batch=threads, verbose=False, pace=pace)

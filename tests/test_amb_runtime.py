@@ -163,3 +163,16 @@ def test_invalid_settings_are_rejected_with_the_parameter_named(make_llm, change
     with pytest.raises(PaceConfigError, match=message):
         llm.configure_pace(PaceConfig().replace(**changes) if "enabled" not in changes else changes)
     assert not llm.amb_enabled  # the previous settings stay in force
+
+
+def test_every_layer_including_the_pruned_last_one(make_llm, tokens):
+    # Without logits_all, llama.cpp runs the last layer's FFN on the output token alone (the last
+    # token of the batch; ubatches without outputs give the op zero rows): the AMB there sees that
+    # one row, mapped to its sequence and position.
+    llm = make_llm(pace={"layers": tuple(range(30))}, logits_all=False, n_ubatch=8)
+    llm.eval(tokens)
+    stats = llm.memory_stats()
+    assert stats[0].high + stats[0].mid + stats[0].low == len(tokens)
+    assert stats[29].high + stats[29].mid + stats[29].low == 1
+    cases = llm.amb_cases(29)
+    assert cases[-1] >= 0 and (cases[:-1] == -1).all()

@@ -57,3 +57,20 @@ def test_invalid_parameter_is_a_usage_error(run_cli):
     assert result.returncode == 2
     assert "must be >= 0" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_chat_with_amb_prints_stats(run_cli, default_model_path):
+    result = run_cli("chat", "--prompt", "Which city is the capital of France?", "--temperature", "0",
+                     "--amb-layers", "12,26", "--stats")
+    assert result.returncode == 0, result.stderr
+    assert "Paris" in result.stdout
+    for layer in (12, 26):
+        line = next(l for l in result.stderr.splitlines() if l.strip().startswith(f"layer {layer}:"))
+        slots = int(line.split("slots ")[1].split("/")[0])
+        assert slots > 0, line
+
+
+def test_bad_amb_settings_are_one_line_errors(run_cli, assert_one_line_error):
+    assert_one_line_error(run_cli("chat", "-p", "hi", "--amb-layers", "12,99"), "layer 99 is out of range")
+    assert_one_line_error(run_cli("chat", "-p", "hi", "--amb-layers", "12", "--amb-mode", "legacy"), "mode")
+    assert_one_line_error(run_cli("chat", "-p", "hi", "--amb"), "no layers")

@@ -400,24 +400,34 @@ struct llama_pace_amb {
 
 namespace {
 
-// Per-token bank index (the sequence id, or -1 for ids beyond the context's n_seq_max) and position.
+// Per-row bank index (the sequence id, or -1 for ids beyond the context's n_seq_max) and position.
+// A row is a token of the ubatch, except after llama.cpp has kept only the output tokens (the last
+// layer's FFN runs on those alone, in ubatch order, as llm_graph_input_out_ids selects them).
 class llm_graph_input_pace_amb : public llm_graph_input_i {
 public:
     llm_graph_input_pace_amb(llama_pace_amb * amb, ggml_tensor * tokens) : amb(amb), tokens(tokens) {}
 
     void set_input(const llama_ubatch * ubatch) override {
-        std::vector<int32_t> data(2 * (size_t) ubatch->n_tokens);
-        for (uint32_t i = 0; i < ubatch->n_tokens; ++i) {
+        const int64_t n_rows = tokens->ne[1];
+        const bool outputs_only = n_rows < (int64_t) ubatch->n_tokens;
+        std::vector<int32_t> data;
+        data.reserve(2 * n_rows);
+        for (uint32_t i = 0; i < ubatch->n_tokens && (int64_t) data.size() < 2 * n_rows; ++i) {
+            if (outputs_only && !ubatch->output[i]) {
+                continue;
+            }
             const llama_seq_id s = ubatch->seq_id[i][0];
-            data[2 * i]     = amb->valid_seq(s) ? s : -1;
-            data[2 * i + 1] = ubatch->pos[i];
+            data.push_back(amb->valid_seq(s) ? s : -1);
+            data.push_back(ubatch->pos[i]);
             amb->note_position(s, ubatch->pos[i]);
         }
+        GGML_ASSERT((int64_t) data.size() == 2 * n_rows);
         ggml_backend_tensor_set(tokens, data.data(), 0, data.size() * sizeof(int32_t));
     }
 
     bool can_reuse(const llm_graph_params & params) override {
-        return tokens->ne[1] == (int64_t) params.ubatch.n_tokens;
+        // rows == tokens, or rows == outputs (last layer); a changed count needs a new graph
+        return tokens->ne[1] == (int64_t) params.ubatch.n_tokens || tokens->ne[1] == (int64_t) params.n_outputs;
     }
 
 private:
