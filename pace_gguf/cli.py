@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from . import __version__, registry
+from .convert import cli as convert_cli
 from .errors import PaceError
 
 
@@ -230,6 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=_positive_int, default=512)
     _add_amb_args(p)
     p.set_defaults(func=cmd_chat)
+    convert_cli.register(sub)
     return parser
 
 

@@ -1,0 +1,129 @@
+"""`pace-gguf convert` and `pace-gguf reorder` subcommands.
+
+Registered in pace_gguf/cli.py by `convert_cli.register(sub)`. Light at import: the pipeline (and
+torch, through upstream's converter subprocess) is loaded only when a command runs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from contextlib import contextmanager
+from pathlib import Path
+
+_AMB_INT = ("bank_size", "topk", "negk", "store_topk", "chunk")
+_AMB_FLOAT = ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "lambda", "momentum")
+
+
+def _layers(text: str) -> list[int]:
+    try:
+        layers = [int(p) for p in text.split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 13,28, got {text!r}") from None
+    if not layers or min(layers) < 0:
+        raise argparse.ArgumentTypeError(f"expected non-negative layer indices, got {text!r}")
+    return layers
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
+    return value
+
+
+def _add_ce_args(p: argparse.ArgumentParser, default_experts: int) -> None:
+    p.add_argument("--experts", type=_non_negative, default=default_experts,
+                   help=f"CE experts per layer, must divide d_ff (default {default_experts}; 0 = no CE)")
+    p.add_argument("--seed", type=_non_negative, default=0, help="CE k-means seed (default 0)")
+    p.add_argument("--threads", type=_non_negative, default=0, help="quantization threads (default: all cores)")
+    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
+
+
+def register(sub) -> None:
+    """Add the `convert` and `reorder` subcommands to pace-gguf's subparsers."""
+    from .quantize import QUANT_TYPES  # noqa: PLC0415  (no torch, no llama_cpp)
+
+    p = sub.add_parser("convert", help="HF checkpoint or F32/F16/BF16 GGUF -> CE-reordered, quantized GGUF",
+                       description="Convert a Hugging Face model folder (safetensors) or an F32/F16/BF16 GGUF "
+                                   "into a CE-reordered GGUF with pace.* metadata, quantized by llama.cpp.")
+    p.add_argument("src", nargs="?", type=Path, help="Hugging Face model folder or GGUF file")
+    p.add_argument("-o", "--output", type=Path, help="output GGUF file")
+    p.add_argument("--quant", default="Q8_0", type=str.upper,
+                   help=f"output type (default Q8_0): {', '.join(QUANT_TYPES)}")
+    p.add_argument("--imatrix", type=Path, default=None, help="importance matrix file of llama-imatrix (GGUF or .dat)")
+    p.add_argument("--list-architectures", action="store_true", help="print the architectures llama.cpp's converter knows")
+    p.add_argument("--verbose", action="store_true", help="show the output of llama.cpp's converter")
+    _add_ce_args(p, 64)
+    g = p.add_argument_group("Activation Memory Bank defaults written as pace.amb.* (absent: AMB off)")
+    g.add_argument("--amb-layers", type=_layers, default=None, help="0-based AMB layers, e.g. 12,26 (sets pace.amb.enabled=true)")
+    g.add_argument("--amb-enabled", action=argparse.BooleanOptionalAction, default=None, help="pace.amb.enabled")
+    for name in _AMB_INT:
+        g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=_non_negative, default=None)
+    for name in _AMB_FLOAT:
+        g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=float, default=None)
+    g.add_argument("--amb-mode", choices=("code", "paper"), default=None)
+    g.add_argument("--amb-granularity", choices=("ubatch", "prompt"), default=None)
+    p.set_defaults(func=cmd_convert)
+
+    p = sub.add_parser("reorder", help="apply CE to an existing F32/F16/BF16 GGUF",
+                       description="Apply Cortical Expert reordering to a GGUF file (ffn_down must be F32/F16/BF16 "
+                                   "unless --requantize).")
+    p.add_argument("src", type=Path, help="input GGUF file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="output GGUF file")
+    p.add_argument("--requantize", action="store_true",
+                   help="for a quantized file: dequantize, reorder, quantize again to its type (lossy)")
+    _add_ce_args(p, 64)
+    p.set_defaults(func=cmd_reorder)
+
+
+def _amb_settings(args) -> dict:
+    names = ("layers", "enabled") + _AMB_INT + _AMB_FLOAT + ("mode", "granularity")
+    return {n: getattr(args, f"amb_{n}") for n in names if getattr(args, f"amb_{n}") is not None}
+
+
+def _print_summary(summary) -> None:
+    for line in summary.lines():
+        print(f"pace-gguf: {line}", file=sys.stderr)
+
+
+def cmd_convert(args) -> int:
+    from .errors import ConvertError  # noqa: PLC0415
+
+    if args.list_architectures:
+        from .hf import upstream_architectures  # noqa: PLC0415
+        print("\n".join(upstream_architectures()))
+        return 0
+    if args.src is None or args.output is None:
+        raise ConvertError("convert needs SRC and -o OUT.gguf (see `pace-gguf convert --help`)")
+    from .pipeline import ConvertOptions, convert  # noqa: PLC0415
+
+    opts = ConvertOptions(quant=args.quant, experts=args.experts, seed=args.seed, imatrix=args.imatrix,
+                          amb=_amb_settings(args), threads=args.threads, verbose=args.verbose,
+                          progress=args.progress)
+    with _os_errors_as_one_line(args.output):
+        _print_summary(convert(args.src, args.output, opts))
+    return 0
+
+
+@contextmanager
+def _os_errors_as_one_line(out):
+    """A full disk, a vanished folder or a permission change mid-run: one error line, not a
+    traceback (the pipeline has already removed its temp files; OUT was never touched)."""
+    from .errors import ConvertError  # noqa: PLC0415
+
+    try:
+        yield
+    except OSError as exc:
+        what = exc.strerror or str(exc)
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        raise ConvertError(f"could not write {out}: {what}{where}; nothing was written") from exc
+
+
+def cmd_reorder(args) -> int:
+    from .pipeline import reorder  # noqa: PLC0415
+
+    with _os_errors_as_one_line(args.output):
+        _print_summary(reorder(args.src, args.output, experts=args.experts, seed=args.seed,
+                               requantize=args.requantize, progress=args.progress, threads=args.threads))
+    return 0

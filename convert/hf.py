@@ -1,0 +1,109 @@
+"""Hugging Face folder -> GGUF through upstream's convert_hf_to_gguf.py (pinned source).
+
+Architecture, tensor names, tokenizer and chat template all come from upstream; this module only
+checks the input first (so bad input gets a one-line error instead of a traceback from deep inside
+the converter) and runs the converter in a subprocess with its own gguf-py.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+from functools import lru_cache
+from pathlib import Path
+
+from .errors import ConvertError
+from .upstream import converter_env, source_dir
+
+# Architectures we test end to end; every other upstream architecture with a gated FFN also works.
+TESTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tekken.json")
+OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
+
+
+@lru_cache(maxsize=1)
+def upstream_architectures() -> tuple[str, ...]:
+    """HF architecture names upstream's converter registers (read from its source, not imported:
+    importing it needs torch and its own gguf-py)."""
+    names = set()
+    for path in (source_dir() / "conversion").glob("*.py"):
+        for args in re.findall(r"@ModelBase\.register\(([^)]*)\)", path.read_text(encoding="utf-8")):
+            names.update(re.findall(r"[\"']([A-Za-z0-9_]+)[\"']", args))
+    return tuple(sorted(names))
+
+
+def check_hf_folder(src: Path) -> dict:
+    """Validate an HF checkpoint folder; returns its config. Raises ConvertError with one line."""
+    if not src.exists():
+        raise ConvertError(f"input not found: {src}")
+    if not src.is_dir():
+        raise ConvertError(f"{src} is neither a Hugging Face model folder nor a GGUF file")
+    config_path = src / "config.json"
+    if not config_path.is_file():
+        raise ConvertError(f"{src} has no config.json (not a Hugging Face model folder?)")
+    try:
+        config = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{config_path} is not valid JSON: {exc}") from exc
+    arch = (config.get("architectures") or [None])[0]
+    if arch is None:
+        raise ConvertError(f"{config_path} names no architecture (\"architectures\" is missing)")
+    if arch not in upstream_architectures():
+        raise ConvertError(
+            f"unsupported architecture {arch}: supported are Hugging Face architectures with a gated FFN "
+            f"that llama.cpp's converter knows, tested: {', '.join(TESTED_ARCHITECTURES)} "
+            f"(`pace-gguf convert --list-architectures` prints all {len(upstream_architectures())})")
+    if not any((src / name).is_file() for name in _TOKENIZER_FILES):
+        raise ConvertError(f"{src} has no tokenizer (expected one of {', '.join(_TOKENIZER_FILES)})")
+    weights = sorted(src.glob("*.safetensors"))
+    if not weights:
+        raise ConvertError(f"{src} has no *.safetensors weights (only safetensors checkpoints are supported)")
+    for path in weights:
+        check_safetensors(path)
+    return config
+
+
+def check_safetensors(path: Path) -> None:
+    """Header parse + size check: a truncated download fails here, not halfway through converting."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise ValueError("shorter than its 8-byte header length")
+            n = int.from_bytes(head, "little")
+            if n > size - 8:
+                raise ValueError("header runs past the end of the file")
+            header = json.loads(f.read(n))
+    except (OSError, ValueError) as exc:
+        raise ConvertError(f"{path} is not a valid safetensors file: {exc}") from exc
+    end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise ConvertError(f"{path} is truncated: its tensors need {8 + n + end:,} bytes but the file has {size:,}")
+
+
+def run_upstream_converter(src: Path, out: Path, outtype: str = "auto", *, verbose: bool = False) -> Path:
+    """Run convert_hf_to_gguf.py on `src` writing `out`. Raises ConvertError (with upstream's last
+    error line) when it fails. Does not make `out` atomic: callers write into a temp path."""
+    if outtype not in OUTTYPES:
+        raise ConvertError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
+    check_hf_folder(src)
+    cmd = [sys.executable, str(source_dir() / "convert_hf_to_gguf.py"), str(src),
+           "--outfile", str(out), "--outtype", outtype]
+    result = subprocess.run(cmd, env=converter_env(), stdout=None if verbose else subprocess.PIPE,
+                            stderr=None if verbose else subprocess.STDOUT, text=True)
+    if result.returncode != 0:
+        out.unlink(missing_ok=True)
+        raise ConvertError(f"llama.cpp's converter failed on {src}: {_last_error(result.stdout or '')}")
+    return out
+
+
+def _last_error(log: str) -> str:
+    """The most telling line of a failed converter run (the exception line of its traceback)."""
+    lines = [ln.strip() for ln in log.strip().splitlines() if ln.strip()]
+    for line in reversed(lines):
+        if re.match(r"^[A-Za-z_.]*(Error|Exception)\b", line) or line.startswith("ERROR:"):
+            return line
+    return lines[-1] if lines else "no output (see --verbose)"

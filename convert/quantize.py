@@ -1,0 +1,103 @@
+"""Quantization through llama.cpp's own API (llama_model_quantize in pace-gguf's library).
+
+Progress: llama.cpp logs one line per tensor ("[  3/ 26] blk.0.ffn_down.weight - ..."); a log
+callback turns those into a tqdm bar while quantize runs, then llama-cpp-python's callback returns.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import re
+import sys
+
+from .errors import ConvertError
+
+# CLI name -> llama_ftype constant name in llama_cpp
+QUANT_TYPES = {
+    "F32": "LLAMA_FTYPE_ALL_F32", "F16": "LLAMA_FTYPE_MOSTLY_F16", "BF16": "LLAMA_FTYPE_MOSTLY_BF16",
+    "Q8_0": "LLAMA_FTYPE_MOSTLY_Q8_0", "Q6_K": "LLAMA_FTYPE_MOSTLY_Q6_K",
+    "Q5_K_M": "LLAMA_FTYPE_MOSTLY_Q5_K_M", "Q5_K_S": "LLAMA_FTYPE_MOSTLY_Q5_K_S",
+    "Q5_0": "LLAMA_FTYPE_MOSTLY_Q5_0", "Q5_1": "LLAMA_FTYPE_MOSTLY_Q5_1",
+    "Q4_K_M": "LLAMA_FTYPE_MOSTLY_Q4_K_M", "Q4_K_S": "LLAMA_FTYPE_MOSTLY_Q4_K_S",
+    "Q4_0": "LLAMA_FTYPE_MOSTLY_Q4_0", "Q4_1": "LLAMA_FTYPE_MOSTLY_Q4_1",
+    "Q3_K_M": "LLAMA_FTYPE_MOSTLY_Q3_K_M", "Q3_K_S": "LLAMA_FTYPE_MOSTLY_Q3_K_S",
+    "Q3_K_L": "LLAMA_FTYPE_MOSTLY_Q3_K_L", "Q2_K": "LLAMA_FTYPE_MOSTLY_Q2_K",
+    "IQ4_NL": "LLAMA_FTYPE_MOSTLY_IQ4_NL", "IQ4_XS": "LLAMA_FTYPE_MOSTLY_IQ4_XS",
+}
+# Source-tensor ggml type of the unquantized targets (no llama_model_quantize needed when equal)
+FLOAT_TARGETS = {"F32": 0, "F16": 1, "BF16": 30}
+_TENSOR_LINE = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
+
+
+def parse_quant(name: str) -> str:
+    key = name.upper()
+    if key not in QUANT_TYPES:
+        raise ConvertError(f"unknown quantization type {name!r}; choose one of {', '.join(QUANT_TYPES)}")
+    return key
+
+
+def quantize(src, dst, qtype: str, *, imatrix: dict | None = None, nthread: int = 0,
+             allow_requantize: bool = False, show_progress: bool = True) -> None:
+    """llama_model_quantize(src -> dst) to `qtype` (a QUANT_TYPES key), optionally with imatrix
+    values {tensor name: float32 array}. Raises ConvertError when llama.cpp reports failure."""
+    from pace_gguf._native import llama_cpp_module  # noqa: PLC0415
+
+    lib = llama_cpp_module().llama_cpp
+    params = lib.llama_model_quantize_default_params()
+    params.ftype = getattr(lib, QUANT_TYPES[qtype])
+    params.nthread = nthread
+    params.allow_requantize = allow_requantize
+    keep = []                                   # owners of the buffers the C side points into
+    if imatrix:
+        arr = (lib.llama_model_imatrix_data * (len(imatrix) + 1))()
+        for i, (name, vals) in enumerate(imatrix.items()):
+            buf = (ctypes.c_float * vals.size).from_buffer_copy(vals.astype("<f4").tobytes())
+            keep.append(buf)
+            arr[i].name = name.encode()
+            arr[i].data = ctypes.cast(buf, ctypes.POINTER(ctypes.c_float))
+            arr[i].size = vals.size
+        arr[len(imatrix)].name = None           # the list ends with a NULL name
+        keep.append(arr)
+        params.imatrix = ctypes.cast(arr, ctypes.POINTER(lib.llama_model_imatrix_data))
+    log = _LogCapture(lib, show_progress)
+    with log:
+        rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise ConvertError(f"llama.cpp could not quantize to {qtype}: {log.last_error() or f'error code {rc}'}")
+
+
+class _LogCapture:
+    """Route llama.cpp's log to a tqdm bar (tensor lines) and keep errors, for the quantize call."""
+
+    def __init__(self, lib, show_progress: bool):
+        self.lib, self.show, self.lines, self.bar = lib, show_progress, [], None
+        self._cb = lib.llama_log_callback(self._on_log)    # kept alive while installed
+
+    def _on_log(self, level, text, user_data):
+        line = text or b""
+        self.lines.append(line)
+        m = _TENSOR_LINE.search(line)
+        if m and self.show:
+            if self.bar is None:
+                from tqdm import tqdm  # noqa: PLC0415
+                self.bar = tqdm(total=int(m.group(2)), desc="quantize", unit="tensor", file=sys.stderr)
+            self.bar.set_postfix_str(m.group(3).decode(errors="replace")[-32:], refresh=False)
+            self.bar.update(int(m.group(1)) - self.bar.n)
+
+    def last_error(self) -> str:
+        text = b"".join(self.lines).decode(errors="replace")
+        errs = [ln.strip() for ln in text.splitlines() if "error" in ln.lower() or "failed" in ln.lower()]
+        return errs[-1] if errs else ""
+
+    def __enter__(self):
+        self.lib.llama_log_set(self._cb, ctypes.c_void_p(0))
+        return self
+
+    def __exit__(self, *exc):
+        import llama_cpp._logger as lcpp_logger  # noqa: PLC0415  (llama-cpp-python's own callback)
+
+        self.lib.llama_log_set(lcpp_logger.llama_log_callback, ctypes.c_void_p(0))
+        if self.bar is not None:
+            self.bar.update(self.bar.total - self.bar.n)
+            self.bar.close()
+        return False
