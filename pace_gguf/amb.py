@@ -66,7 +66,8 @@ class PaceConfig:
 
     Defaults are the released PaceLLM code's. `mode`: "code" (default) or "paper" (Algorithm 1);
     `granularity`: "ubatch" (each ubatch reads the bank left by the previous one) or "prompt"
-    (a whole prompt reads the bank as it was before it, like one Hugging Face forward).
+    (a whole batch, i.e. one llama_decode of up to n_batch tokens, reads the bank as it was before
+    it, like one Hugging Face forward of the prompt).
     """
 
     enabled: bool = False

@@ -185,7 +185,7 @@ _AMB_FLAGS = {
     "theta_low": (_probability, "similarity above which a token fuses with the bank (default 0.25)"),
     "alpha": (_probability, "fusion weight of the retrieved activation (default 0.2)"),
     "mode": (str, "code (released code's rules, default) or paper (Algorithm 1)"),
-    "granularity": (str, "ubatch (default) or prompt (a whole prompt reads the bank as before it)"),
+    "granularity": (str, "ubatch (default) or prompt (a whole batch of up to 512 prompt tokens reads the bank as before it)"),
 }
 
 

@@ -465,8 +465,14 @@ uint64_t llama_pace_amb_graph_key(const llama_pace_amb * amb) {
 // ---- lifecycle -----------------------------------------------------------------------------------------
 
 llama_pace_amb * llama_pace_amb_init(const llama_model & model, const llama_cparams & cparams, llama_memory_t memory) {
+    g_last_error.clear();
     auto amb = std::make_unique<llama_pace_amb>(model, memory, std::max(1u, cparams.n_seq_max), cparams.n_ctx);
-    amb->configure(params_from_gguf(model));
+    try {
+        amb->configure(params_from_gguf(model));
+    } catch (const std::exception & e) {
+        g_last_error = e.what(); // the context is not created; Python reads why through llama_pace_last_error
+        throw;
+    }
     if (memory) {
         std::lock_guard<std::mutex> lock(g_registry_mutex);
         g_registry[memory] = amb.get();
