@@ -60,7 +60,7 @@ def generate(llm: Llama, n: int) -> None:
         llm.eval([int(np.argmax(last))])
 
 
-def bench_model(name: str, n_prompt: int, n_gen: int, reps: int, threads: int) -> list[dict]:
+def bench_model(name: str, n_prompt: int, n_ubatch: int, n_gen: int, reps: int, threads: int) -> list[dict]:
     path = model_path(name)
     probe = Llama(model_path=str(path), n_ctx=64, verbose=False)
     n_layer = int(probe.metadata[f"{probe.metadata['general.architecture']}.block_count"])
@@ -71,7 +71,7 @@ def bench_model(name: str, n_prompt: int, n_gen: int, reps: int, threads: int) -
 
     Llama._llama_cpp_api = llama_cpp_module().llama_cpp
     llms = {
-        label: Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=512,
+        label: Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_ubatch,
                      n_threads=threads, n_threads_batch=threads, verbose=False, pace=pace)
         for label, pace in configurations(n_layer).items()
     }
@@ -85,13 +85,17 @@ def bench_model(name: str, n_prompt: int, n_gen: int, reps: int, threads: int) -
                 times[label]["pp"].append(pp)
                 times[label]["tg"].append(tg)
     rows = []
-    base = {k: statistics.median(v) for k, v in times["off"].items()}
     for label, llm in llms.items():
         pp, tg = statistics.median(times[label]["pp"]), statistics.median(times[label]["tg"])
+        # Speed relative to AMB off within the same repetition (adjacent in time, so they share the
+        # machine's load), then the median and spread over repetitions.
+        pp_ratios = [off / t for off, t in zip(times["off"]["pp"], times[label]["pp"])]
+        tg_ratios = [off / t for off, t in zip(times["off"]["tg"], times[label]["tg"])]
         rows.append({
             "model": name, "amb": label, "layers": list(llm.pace.layers),
             "pp_tok_s": n_prompt / pp, "tg_tok_s": n_gen / tg,
-            "pp_ratio": base["pp"] / pp, "tg_ratio": base["tg"] / tg,
+            "pp_ratio": statistics.median(pp_ratios), "tg_ratio": statistics.median(tg_ratios),
+            "pp_ratio_range": [min(pp_ratios), max(pp_ratios)], "tg_ratio_range": [min(tg_ratios), max(tg_ratios)],
             "bank_mib": llm.amb_memory_bytes / 2**20,
             "pp_s": times[label]["pp"], "tg_s": times[label]["tg"],
         })
@@ -99,27 +103,32 @@ def bench_model(name: str, n_prompt: int, n_gen: int, reps: int, threads: int) -
 
 
 def print_table(rows: list[dict]) -> None:
-    head = f"{'model':<18} {'AMB':<11} {'pp tok/s':>9} {'pp vs off':>9} {'tg tok/s':>9} {'tg vs off':>9} {'bank MiB':>9}"
+    head = (f"{'model':<18} {'AMB':<11} {'pp tok/s':>9} {'pp vs off (min-max)':>20} "
+            f"{'tg tok/s':>9} {'tg vs off (min-max)':>20} {'bank MiB':>9}")
     print(head)
     print("-" * len(head))
     for r in rows:
-        print(f"{r['model']:<18} {r['amb']:<11} {r['pp_tok_s']:>9.1f} {r['pp_ratio']:>9.3f} "
-              f"{r['tg_tok_s']:>9.1f} {r['tg_ratio']:>9.3f} {r['bank_mib']:>9.2f}")
+        pp_span = "{:.3f} ({:.2f}-{:.2f})".format(r["pp_ratio"], *r["pp_ratio_range"])
+        tg_span = "{:.3f} ({:.2f}-{:.2f})".format(r["tg_ratio"], *r["tg_ratio_range"])
+        print(f"{r['model']:<18} {r['amb']:<11} {r['pp_tok_s']:>9.1f} {pp_span:>20} "
+              f"{r['tg_tok_s']:>9.1f} {tg_span:>20} {r['bank_mib']:>9.2f}")
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["smollm2", "qwen2-0.5b-shape"])
-    parser.add_argument("--n-prompt", type=int, default=512)
+    parser.add_argument("--n-prompt", type=int, default=1024)
+    parser.add_argument("--n-ubatch", type=int, default=256,
+                        help="prompt ubatch: all but the first read a bank filled by the earlier ones")
     parser.add_argument("--n-gen", type=int, default=64)
     parser.add_argument("--reps", type=int, default=5)
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     args = parser.parse_args()
-    rows = [row for name in args.models for row in bench_model(name, args.n_prompt, args.n_gen, args.reps, args.threads)]
+    rows = [row for name in args.models for row in bench_model(name, args.n_prompt, args.n_ubatch, args.n_gen, args.reps, args.threads)]
     print_table(rows)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     meta = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "threads": args.threads,
-            "n_prompt": args.n_prompt, "n_gen": args.n_gen, "reps": args.reps}
+            "n_prompt": args.n_prompt, "n_ubatch": args.n_ubatch, "n_gen": args.n_gen, "reps": args.reps}
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2))
     print(f"\nwrote {RESULTS}")
     return 0
