@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from pace_gguf import Llama
+from pace_gguf._native import llama_cpp_module
 from pace_gguf.paths import cache_dir
 from pace_gguf.registry import DEFAULT_MODEL, pull
 
@@ -53,8 +54,9 @@ def timed(fn) -> float:
 
 
 def generate(llm: Llama, n: int) -> None:
-    """Greedy decoding, one token per llama_decode, reading only the last token's logits."""
-    lc = llm._llama_cpp_api
+    """Greedy decoding, one token per llama_decode, reading only the last token's logits
+    (llama-cpp-python's `scores` keeps just n_batch rows unless logits_all is set)."""
+    lc = llama_cpp_module().llama_cpp
     for _ in range(n):
         last = np.ctypeslib.as_array(lc.llama_get_logits_ith(llm._ctx.ctx, -1), shape=(llm.n_vocab(),))
         llm.eval([int(np.argmax(last))])
@@ -67,17 +69,17 @@ def bench_model(name: str, n_prompt: int, n_ubatch: int, n_gen: int, reps: int, 
     rng = np.random.default_rng(0)
     prompt = rng.integers(100, min(probe.n_vocab(), 20000), n_prompt).tolist()
     del probe
-    from pace_gguf._native import llama_cpp_module
-
-    Llama._llama_cpp_api = llama_cpp_module().llama_cpp
     llms = {
         label: Llama(model_path=str(path), n_ctx=n_prompt + n_gen + 8, n_batch=n_prompt, n_ubatch=n_ubatch,
                      n_threads=threads, n_threads_batch=threads, verbose=False, pace=pace)
         for label, pace in configurations(n_layer).items()
     }
     times = {label: {"pp": [], "tg": []} for label in llms}
+    labels = list(llms)
     for rep in range(reps + 1):  # rep 0 warms up caches and is discarded
-        for label, llm in llms.items():
+        # rotate the order each repetition, so no configuration always runs first or last
+        for label in labels[rep % len(labels):] + labels[: rep % len(labels)]:
+            llm = llms[label]
             llm.reset()
             pp = timed(lambda: llm.eval(prompt))
             tg = timed(lambda: generate(llm, n_gen))
