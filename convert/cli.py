@@ -11,32 +11,17 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
+from pace_gguf.cli_args import layer_list, non_negative_int
+
 _AMB_INT = ("bank_size", "topk", "negk", "store_topk", "chunk")
 _AMB_FLOAT = ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "lambda", "momentum")
 
 
-def _layers(text: str) -> list[int]:
-    try:
-        layers = [int(p) for p in text.split(",") if p.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 13,28, got {text!r}") from None
-    if not layers or min(layers) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative layer indices, got {text!r}")
-    return layers
-
-
-def _non_negative(text: str) -> int:
-    value = int(text)
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
 def _add_ce_args(p: argparse.ArgumentParser, default_experts: int) -> None:
-    p.add_argument("--experts", type=_non_negative, default=default_experts,
+    p.add_argument("--experts", type=non_negative_int, default=default_experts,
                    help=f"CE experts per layer, must divide d_ff (default {default_experts}; 0 = no CE)")
-    p.add_argument("--seed", type=_non_negative, default=0, help="CE k-means seed (default 0)")
-    p.add_argument("--threads", type=_non_negative, default=0, help="quantization threads (default: all cores)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="CE k-means seed (default 0)")
+    p.add_argument("--threads", type=non_negative_int, default=0, help="quantization threads (default: all cores)")
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bars")
 
 
@@ -56,10 +41,10 @@ def register(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="show the output of llama.cpp's converter")
     _add_ce_args(p, 64)
     g = p.add_argument_group("Activation Memory Bank defaults written as pace.amb.* (absent: AMB off)")
-    g.add_argument("--amb-layers", type=_layers, default=None, help="0-based AMB layers, e.g. 12,26 (sets pace.amb.enabled=true)")
+    g.add_argument("--amb-layers", type=layer_list, default=None, help="0-based AMB layers, e.g. 12,26 (sets pace.amb.enabled=true)")
     g.add_argument("--amb-enabled", action=argparse.BooleanOptionalAction, default=None, help="pace.amb.enabled")
     for name in _AMB_INT:
-        g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=_non_negative, default=None)
+        g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=non_negative_int, default=None)
     for name in _AMB_FLOAT:
         g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=float, default=None)
     g.add_argument("--amb-mode", choices=("code", "paper"), default=None)

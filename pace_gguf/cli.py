@@ -1,4 +1,4 @@
-"""The `pace-gguf` command line: info, pull, chat.
+"""The `pace-gguf` command line: info, pull, chat (with the AMB flags), convert and reorder.
 
 Every user-fixable problem (PaceError) is printed as one `pace-gguf: error: ...` line with exit
 status 1; argparse reports usage errors with status 2.
@@ -10,6 +10,7 @@ import argparse
 import sys
 
 from . import __version__, registry
+from .cli_args import layer_list, non_negative_float, positive_int, probability
 from .convert import cli as convert_cli
 from .errors import PaceError
 
@@ -146,44 +147,13 @@ def cmd_chat(args: argparse.Namespace) -> int:
 # --- argument parsing ----------------------------------------------------------------------------
 
 
-def _positive_int(text: str) -> int:
-    value = int(text)
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    value = float(text)
-    if not value >= 0:
-        raise argparse.ArgumentTypeError(f"must be >= 0, got {text}")
-    return value
-
-
-def _probability(text: str) -> float:
-    value = float(text)
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
-    return value
-
-
-def _layer_list(text: str) -> tuple[int, ...]:
-    try:
-        layers = tuple(int(part) for part in text.split(",") if part.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated layer indices such as 13,28, got {text!r}") from None
-    if not layers or min(layers) < 0:
-        raise argparse.ArgumentTypeError(f"expected non-negative layer indices, got {text!r}")
-    return layers
-
-
 # CLI flag suffix -> (type, help); each maps to the PaceConfig field of the same name.
 _AMB_FLAGS = {
-    "layers": (_layer_list, "0-based layers with an Activation Memory Bank, e.g. 13,28 (implies --amb)"),
-    "bank_size": (_positive_int, "slots per bank (default 100)"),
-    "theta_high": (_probability, "similarity above which a token reuses the bank (default 0.75)"),
-    "theta_low": (_probability, "similarity above which a token fuses with the bank (default 0.25)"),
-    "alpha": (_probability, "fusion weight of the retrieved activation (default 0.2)"),
+    "layers": (layer_list, "0-based layers with an Activation Memory Bank, e.g. 13,28 (implies --amb)"),
+    "bank_size": (positive_int, "slots per bank (default 100)"),
+    "theta_high": (probability, "similarity above which a token reuses the bank (default 0.75)"),
+    "theta_low": (probability, "similarity above which a token fuses with the bank (default 0.25)"),
+    "alpha": (probability, "fusion weight of the retrieved activation (default 0.2)"),
     "mode": (str, "code (released code's rules, default) or paper (Algorithm 1)"),
     "granularity": (str, "ubatch (default) or prompt (a whole batch of up to 512 prompt tokens reads the bank as before it)"),
 }
@@ -201,8 +171,8 @@ def _add_amb_args(p: argparse.ArgumentParser) -> None:
 def _add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("-m", "--model", default=None,
                    help=f"registry name or GGUF path (default: {registry.DEFAULT_MODEL})")
-    p.add_argument("--n-ctx", type=_positive_int, default=4096, help="context size in tokens (default 4096)")
-    p.add_argument("--threads", type=_positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    p.add_argument("--n-ctx", type=positive_int, default=4096, help="context size in tokens (default 4096)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
     p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
@@ -225,10 +195,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_args(p)
     p.add_argument("-p", "--prompt", default=None, help="answer this once and exit")
     p.add_argument("--system", default=None, help="system prompt")
-    p.add_argument("--temperature", type=_non_negative_float, default=0.7)
-    p.add_argument("--top-p", type=_probability, default=0.95)
+    p.add_argument("--temperature", type=non_negative_float, default=0.7)
+    p.add_argument("--top-p", type=probability, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
-    p.add_argument("--max-tokens", type=_positive_int, default=512)
+    p.add_argument("--max-tokens", type=positive_int, default=512)
     _add_amb_args(p)
     p.set_defaults(func=cmd_chat)
     convert_cli.register(sub)
