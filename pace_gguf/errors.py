@@ -18,3 +18,7 @@ class RegistryError(PaceError, LookupError):
 
 class NativeLibraryError(PaceError, RuntimeError):
     """The patched llama.cpp library is missing, or a different libllama was already loaded."""
+
+
+class ContextOverflowError(PaceError, ValueError):
+    """Input that does not fit in the context window (never truncated silently)."""

@@ -21,7 +21,7 @@ from typing import Union
 from . import amb
 from ._native import build_id, llama_cpp_module
 from .amb import LayerStats, PaceConfig
-from .errors import ModelFileError, PaceError
+from .errors import ContextOverflowError, ModelFileError, PaceError
 from .gguf_file import check_gguf
 from .registry import resolve_model
 
@@ -95,6 +95,17 @@ class Llama(_llama_cpp.Llama):
         return amb.memory_size(self._ctx.ctx)
 
     # -- llama-cpp-python overrides ----------------------------------------------------------------
+
+    def eval(self, tokens) -> None:
+        # llama-cpp-python would fail deep inside with a numpy broadcast error; say what happened.
+        # Its token arrays hold the n_ctx asked for, which llama.cpp may have rounded up.
+        capacity = min(self.n_ctx(), len(self.input_ids))
+        if len(tokens) > capacity - self.n_tokens:
+            raise ContextOverflowError(
+                f"{len(tokens)} tokens do not fit in the context: it holds {capacity} and {self.n_tokens} are in use; "
+                "use a larger n_ctx (--n-ctx) or a shorter input"
+            )
+        super().eval(tokens)
 
     def generate(self, tokens, *args, **kwargs):
         if kwargs.get("reset", True) and self.amb_enabled:
