@@ -107,6 +107,16 @@ class Llama(_llama_cpp.Llama):
             )
         super().eval(tokens)
 
+    def create_completion(self, *args, **kwargs):
+        # (chat completions go through here too) llama-cpp-python reports a prompt longer than the
+        # context as a bare ValueError; make it the ContextOverflowError the rest of pace-gguf uses.
+        try:
+            result = super().create_completion(*args, **kwargs)
+        except ValueError as exc:
+            _raise_if_overflow(exc)
+            raise
+        return _overflow_checked(result) if kwargs.get("stream") else result
+
     def generate(self, tokens, *args, **kwargs):
         if kwargs.get("reset", True) and self.amb_enabled:
             self.n_tokens = 0  # no prefix reuse: see the module docstring
@@ -127,3 +137,20 @@ class Llama(_llama_cpp.Llama):
     @property
     def build_id(self) -> str:
         return build_id()
+
+
+_OVERFLOW_MESSAGE = "exceed context window"  # llama-cpp-python 0.3.36's wording
+
+
+def _raise_if_overflow(exc: ValueError) -> None:
+    if _OVERFLOW_MESSAGE in str(exc):
+        raise ContextOverflowError(f"the prompt does not fit in the context ({exc}); "
+                                   "use a larger n_ctx (--n-ctx) or a shorter input") from exc
+
+
+def _overflow_checked(chunks):
+    try:
+        yield from chunks
+    except ValueError as exc:
+        _raise_if_overflow(exc)
+        raise

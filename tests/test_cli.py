@@ -76,6 +76,7 @@ def test_bad_amb_settings_are_one_line_errors(run_cli, assert_one_line_error):
     assert_one_line_error(run_cli("chat", "-p", "hi", "--amb"), "no layers")
 
 
-def test_prompt_beyond_the_context_is_a_clear_error(run_cli, assert_one_line_error, default_model_path):
-    long_prompt = "word " * 400
-    assert_one_line_error(run_cli("chat", "--n-ctx", "128", "-p", long_prompt), "do not fit in the context")
+@pytest.mark.parametrize("words", [200, 400])  # beyond the n_ctx asked for / beyond llama.cpp's rounded-up context
+def test_prompt_beyond_the_context_is_a_clear_error(run_cli, assert_one_line_error, default_model_path, words):
+    long_prompt = "word " * words
+    assert_one_line_error(run_cli("chat", "--n-ctx", "128", "-p", long_prompt), "fit in the context")
