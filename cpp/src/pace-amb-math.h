@@ -115,6 +115,22 @@ struct row_scratch {
     int32_t * order;
 };
 
+// out += weight * mean of the values of the k most (largest) or least similar valid slots.
+inline void add_mean_of_values(const bank_view & b, const int32_t * slots, const row_scratch & s, int m, int k,
+                               bool largest, float weight, float * out) {
+    if (k == 0) {
+        return;
+    }
+    top_k(s.sims, m, k, s.order, largest);
+    const float w = weight / k;
+    for (int r = 0; r < k; ++r) {
+        const float * v = b.vals + (int64_t) slots[s.order[r]] * b.n_ff;
+        for (int64_t i = 0; i < b.n_ff; ++i) {
+            out[i] += w * v[i];
+        }
+    }
+}
+
 // Enhances one row x into out; returns its case. `m`/slots: the bank's valid slots (precomputed).
 inline int32_t retrieve_row(const hparams & hp, const bank_view & b, const int32_t * slots, int m,
                             const float * x, float * out, const row_scratch & s) {
@@ -150,24 +166,8 @@ inline int32_t retrieve_row(const hparams & hp, const bank_view & b, const int32
     for (int64_t i = 0; i < n; ++i) {
         out[i] = beta * x[i];
     }
-    top_k(s.sims, m, k, s.order, true);
-    for (int r = 0; r < k; ++r) {
-        const float * v = b.vals + (int64_t) slots[s.order[r]] * n;
-        const float w = a / k;
-        for (int64_t i = 0; i < n; ++i) {
-            out[i] += w * v[i];
-        }
-    }
-    if (kn > 0) {
-        top_k(s.sims, m, kn, s.order, false);
-        for (int r = 0; r < kn; ++r) {
-            const float * v = b.vals + (int64_t) slots[s.order[r]] * n;
-            const float w = bb / kn;
-            for (int64_t i = 0; i < n; ++i) {
-                out[i] += w * v[i];
-            }
-        }
-    }
+    add_mean_of_values(b, slots, s, m, k, true, a, out);     // positive neighbours
+    add_mean_of_values(b, slots, s, m, kn, false, bb, out);  // least similar ones ("noise")
     return c;
 }
 
