@@ -11,9 +11,6 @@ from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
     from pace_gguf import registry

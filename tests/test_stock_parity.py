@@ -31,7 +31,7 @@ np.save(args["out"], np.array(llm.scores[: len(tokens)], dtype=np.float32))
 
 
 @pytest.fixture(scope="session")
-def stock_lib_dir(tmp_path_factory):
+def stock_lib_dir():
     repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, os.path.join(repo, "cpp", "build_stock.py")],
                             capture_output=True, text=True, timeout=1800)
