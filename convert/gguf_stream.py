@@ -11,6 +11,7 @@ GGUF spec (v3: header, key/values, tensor infos, aligned tensor data).
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,6 +68,17 @@ class GGUFSource:
         if got != t.nbytes:
             raise ConvertError(f"{self.path} is truncated: {t.name} ends past the end of the file")
         return buf
+
+    def raw_chunks(self, t: TensorInfo, chunk_bytes: int = 64 << 20):
+        """The tensor's bytes as successive buffers of at most `chunk_bytes` (for plain copies:
+        memory bounded by the chunk, not the tensor)."""
+        with open(self.path, "rb", buffering=0) as f:
+            f.seek(self.data_start + t.offset)
+            for start in range(0, t.nbytes, chunk_bytes):
+                buf = np.empty(min(chunk_bytes, t.nbytes - start), dtype=np.uint8)
+                if f.readinto(memoryview(buf)) != buf.nbytes:
+                    raise ConvertError(f"{self.path} is truncated: {t.name} ends past the end of the file")
+                yield buf
 
     def tensor(self, name: str) -> TensorInfo | None:
         return self._by_name.get(name)
@@ -217,7 +229,8 @@ def write_gguf(dst, src: GGUFSource, new_kv: dict[str, object], drop_prefixes: t
                out_tensors: list[OutTensor], produce, progress=None) -> None:
     """Write a GGUF to `dst`: the source's metadata minus keys starting with `drop_prefixes`, plus
     `new_kv`; tensor infos from `out_tensors`; then, one tensor at a time, `produce(name)` -> bytes
-    (or a uint8 array) of exactly the announced size. `progress(name, nbytes)` after each tensor."""
+    (or an array, or an iterator of arrays to be written in turn) of exactly the announced size.
+    `progress(name, nbytes)` after each tensor."""
     records = [raw for key, raw in src.kv_raw.items() if not key.startswith(drop_prefixes) and key not in new_kv]
     records += [pack_kv(k, v) for k, v in new_kv.items()]
     align = src.alignment
@@ -236,11 +249,15 @@ def write_gguf(dst, src: GGUFSource, new_kv: dict[str, object], drop_prefixes: t
             f.write(info)
         f.write(b"\0" * (_align(f.tell(), align) - f.tell()))
         for t, nbytes in zip(out_tensors, sizes):
-            # memoryview of a contiguous array: written without another copy
-            data = memoryview(np.ascontiguousarray(produce(t.name))).cast("B")
-            if data.nbytes != nbytes:
-                raise RuntimeError(f"{t.name}: produced {data.nbytes} bytes, expected {nbytes}")
-            f.write(data)
+            data = produce(t.name)
+            written = 0
+            for piece in data if isinstance(data, Iterator) else (data,):
+                # memoryview of a contiguous array: written without another copy
+                view = memoryview(np.ascontiguousarray(piece)).cast("B")
+                f.write(view)
+                written += view.nbytes
+            if written != nbytes:
+                raise RuntimeError(f"{t.name}: produced {written} bytes, expected {nbytes}")
             f.write(b"\0" * (_align(nbytes, align) - nbytes))
             if progress:
                 progress(t.name, nbytes)

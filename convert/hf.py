@@ -2,7 +2,8 @@
 
 Architecture, tensor names, tokenizer and chat template all come from upstream; this module only
 checks the input first (so bad input gets a one-line error instead of a traceback from deep inside
-the converter) and runs the converter in a subprocess with its own gguf-py.
+the converter) and runs the converter in a subprocess with its own gguf-py, through
+upstream_runner.py so that its memory stays bounded by one row chunk per big tensor.
 """
 
 from __future__ import annotations
@@ -21,6 +22,8 @@ from .upstream import converter_env, source_dir
 TESTED_ARCHITECTURES = ("LlamaForCausalLM", "Qwen2ForCausalLM")
 _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json", "vocab.json", "tekken.json")
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
+# run by path in upstream's interpreter setup (it imports upstream's gguf-py, not ours)
+UPSTREAM_RUNNER = Path(__file__).with_name("upstream_runner.py")
 
 
 @lru_cache(maxsize=1)
@@ -90,8 +93,9 @@ def run_upstream_converter(src: Path, out: Path, outtype: str = "auto", *, verbo
     if outtype not in OUTTYPES:
         raise ConvertError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     check_hf_folder(src)
-    cmd = [sys.executable, str(source_dir() / "convert_hf_to_gguf.py"), str(src),
-           "--outfile", str(out), "--outtype", outtype]
+    # upstream_runner.py streams big pass-through tensors in row chunks (same bytes, bounded RAM)
+    cmd = [sys.executable, str(UPSTREAM_RUNNER),
+           str(source_dir() / "convert_hf_to_gguf.py"), str(src), "--outfile", str(out), "--outtype", outtype]
     result = subprocess.run(cmd, env=converter_env(), stdout=None if verbose else subprocess.PIPE,
                             stderr=None if verbose else subprocess.STDOUT, text=True)
     if result.returncode != 0:

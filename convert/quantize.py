@@ -26,6 +26,7 @@ QUANT_TYPES = {
 }
 # Source-tensor ggml type of the unquantized targets (no llama_model_quantize needed when equal)
 FLOAT_TARGETS = {"F32": 0, "F16": 1, "BF16": 30}
+QUANT_SLAB_BYTES = 256 << 20
 _TENSOR_LINE = re.compile(rb"\[\s*(\d+)/\s*(\d+)\]\s+(\S+)")
 
 
@@ -47,6 +48,9 @@ def quantize(src, dst, qtype: str, *, imatrix: dict | None = None, nthread: int 
     params.ftype = getattr(lib, QUANT_TYPES[qtype])
     params.nthread = nthread
     params.allow_requantize = allow_requantize
+    # llama.cpp's default slab is 8 GiB of rows: a 7B embedding would be converted to float32
+    # whole (2.2 GB). Smaller slabs give the same bytes with memory bounded per tensor.
+    params.max_buf_size = QUANT_SLAB_BYTES
     keep = []                                   # owners of the buffers the C side points into
     if imatrix:
         arr = (lib.llama_model_imatrix_data * (len(imatrix) + 1))()

@@ -134,7 +134,7 @@ def reorder_tensors(src: GGUFSource, dst, plan: ReorderPlan, n_experts: int, ext
         m = _FFN.match(name)
         if n_experts and m and int(m.group(1)) in plan.results:
             return permuted_bytes(src, name, plan.results[int(m.group(1))].perm)
-        return src.raw(src.tensor(name))
+        return src.raw_chunks(src.tensor(name))
 
     out = [OutTensor(t.name, t.shape, t.type) for t in src.tensors]
     write_gguf(dst, src, extra_kv, drop_prefixes, out, produce, progress)

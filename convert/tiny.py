@@ -154,9 +154,11 @@ def build_tokenizer(arch: str):
 
 
 def make_tiny_hf(arch: str, folder, *, seed: int = 0, hidden: int = 64, intermediate: int = 128,
-                 layers: int = 2, heads: int = 4, kv_heads: int = 2, tie_embeddings: bool = True) -> Path:
-    """Write a tiny random fp32 checkpoint (config.json, model.safetensors, tokenizer files) to
-    `folder` and return it. Deterministic for a seed. The vocab size is the real tokenizer's."""
+                 layers: int = 2, heads: int = 4, kv_heads: int = 2, tie_embeddings: bool = True,
+                 dtype: str = "float32") -> Path:
+    """Write a tiny random checkpoint (config.json, model.safetensors, tokenizer files) to `folder`
+    and return it. Deterministic for a seed. The vocab size is the real tokenizer's. `dtype`
+    (float32, float16, bfloat16) is the stored weights' type; values are drawn in float32."""
     import torch  # noqa: PLC0415
     import transformers  # noqa: PLC0415
 
@@ -174,6 +176,7 @@ def make_tiny_hf(arch: str, folder, *, seed: int = 0, hidden: int = 64, intermed
     )
     model = getattr(transformers, fam.hf_class)(config).to(torch.float32)
     _randomize(model, seed)
+    model.to(getattr(torch, dtype))
     model.save_pretrained(folder, safe_serialization=True)
     tokenizer.save_pretrained(folder)
     # Record what made it (for humans; nothing reads it).

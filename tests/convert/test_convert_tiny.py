@@ -111,7 +111,7 @@ def llama_f32_ref(tiny_f32, load_llama):
 # Q4_K_M 2.32/2.38, Q4_0 4.71/4.34. Tolerances are ~2x the larger value. NOTE: rows of 64/128
 # elements are shorter than a K-quant super-block (256), so llama.cpp falls back for every tensor
 # here (Q6_K -> Q8_0, Q5_K_M -> Q5_1, Q4_K_M -> Q5_0): these cases check the pipeline and the file
-# type, not K-quant precision (benchmarks/ce_quant_quality.py measures Q4_K_M on real weights).
+# type; tests/convert/test_kquants.py checks K-quant precision on a 256-wide model.
 QUANT_TOL = {"F16": 0.05, "BF16": 0.3, "Q8_0": 1.3, "Q6_K": 1.3, "Q5_K_M": 4.0, "Q4_K_M": 4.5, "Q4_0": 9.0}
 
 
