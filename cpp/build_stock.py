@@ -22,12 +22,12 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from fetch_llama_cpp import cache_root  # noqa: E402
+from fetch_llama_cpp import pinned  # noqa: E402
 
 
 def default_build_dir() -> Path:
     lock = json.loads((HERE / "llama.cpp.lock").read_text())
-    return cache_root() / "stock" / f"llama.cpp-{lock['llama_cpp_build']}-{lock['sha256'][:12]}"
+    return pinned.cache_dir() / "stock" / f"llama.cpp-{lock['llama_cpp_build']}-{lock['sha256'][:12]}"
 
 
 def build(build_dir: Path) -> Path:

@@ -7,7 +7,8 @@ Run by cpp/CMakeLists.txt at configure time (and usable by hand):
 
 1. The llama-cpp-python sdist named in cpp/llama.cpp.lock is fetched with pip, by package name,
    into a cache outside the work tree, and its size and sha256 are checked against the lock.
-   A cached archive with the wrong checksum is deleted and fetched again, never used.
+   A cached archive with the wrong checksum is deleted and fetched again, never used. That part
+   is pace_gguf/pinned_source.py, shared with the installed converter and loaded here by path.
 2. Its vendored llama.cpp is extracted into a staging folder and cpp/patches/*.patch are applied
    in name order; a patch that does not apply stops everything with the patch's name.
 3. The staging tree is synced into --dest file by file, so that only files whose content changed
@@ -20,7 +21,7 @@ from __future__ import annotations
 
 import argparse
 import filecmp
-import hashlib
+import importlib.util
 import json
 import os
 import shutil
@@ -34,68 +35,20 @@ HERE = Path(__file__).resolve().parent
 STAMP_NAME = ".pace-source-stamp"
 
 
+def _load_pinned_source():
+    """pace_gguf/pinned_source.py of this checkout, by file path: the package is not installed yet."""
+    path = HERE.parent / "pace_gguf" / "pinned_source.py"
+    spec = importlib.util.spec_from_file_location("pace_gguf_pinned_source", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+pinned = _load_pinned_source()
+
+
 class FetchError(RuntimeError):
     """A failure with a message meant for the person running the build."""
-
-
-def cache_root() -> Path:
-    """The user cache of pace-gguf; PACE_GGUF_CACHE overrides it (same rule as pace_gguf.paths)."""
-    if os.environ.get("PACE_GGUF_CACHE"):
-        return Path(os.environ["PACE_GGUF_CACHE"]).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "pace-gguf"
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def archive_is_valid(path: Path, lock: dict) -> bool:
-    return path.is_file() and path.stat().st_size == lock["size"] and sha256_of(path) == lock["sha256"]
-
-
-def pip_command() -> list[str]:
-    """pip of the running interpreter, else a pip on PATH (e.g. in a venv made by uv)."""
-    probe = subprocess.run([sys.executable, "-m", "pip", "--version"], capture_output=True)
-    if probe.returncode == 0:
-        return [sys.executable, "-m", "pip"]
-    if shutil.which("pip"):
-        return ["pip"]
-    raise FetchError("pip is needed to fetch the pinned llama.cpp source, and none was found")
-
-
-def download_archive(lock: dict, target: Path) -> None:
-    """pip download the sdist by name into a temp folder next to target, verify, then rename."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    spec = f"{lock['package']}=={lock['version']}"
-    print(f"pace-gguf: fetching {spec} source archive with pip (once; cached in {target.parent})", flush=True)
-    with tempfile.TemporaryDirectory(dir=target.parent, prefix=".download-") as tmp:
-        cmd = pip_command() + ["download", "--no-deps", "--no-binary", lock["package"], spec, "-d", tmp]
-        result = subprocess.run(cmd, capture_output=True, text=True)
-        fetched = Path(tmp) / lock["archive"]
-        if result.returncode != 0 or not fetched.exists():
-            tail = "\n".join((result.stdout + result.stderr).strip().splitlines()[-15:])
-            raise FetchError(f"pip could not download {spec}:\n{tail}")
-        if not archive_is_valid(fetched, lock):
-            raise FetchError(
-                f"{lock['archive']} from pip does not match cpp/llama.cpp.lock "
-                f"(size {fetched.stat().st_size}, sha256 {sha256_of(fetched)}); refusing to build from it"
-            )
-        os.replace(fetched, target)
-
-
-def ensure_archive(lock: dict) -> Path:
-    archive = cache_root() / "src" / lock["archive"]
-    if archive.exists() and not archive_is_valid(archive, lock):
-        print(f"pace-gguf: cached {archive} fails its checksum; fetching it again", flush=True)
-        archive.unlink()
-    if not archive.exists():
-        download_archive(lock, archive)
-    return archive
 
 
 def extract_subdir(archive: Path, subdir: str, staging: Path) -> None:
@@ -154,7 +107,7 @@ def sync_tree(src: Path, dest: Path) -> int:
 
 
 def source_stamp(lock: dict, patches: list[Path]) -> str:
-    parts = [lock["sha256"]] + [f"{p.name}:{sha256_of(p)}" for p in patches]
+    parts = [lock["sha256"]] + [f"{p.name}:{pinned.sha256_file(p)}" for p in patches]
     return "\n".join(parts) + "\n"
 
 
@@ -165,7 +118,7 @@ def prepare_source(dest: Path, lock_path: Path, patch_dir: Path) -> None:
     stamp_file = dest / STAMP_NAME
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
         return
-    archive = ensure_archive(lock)
+    archive = pinned.ensure_archive(lock)
     dest.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=dest.parent, prefix=".llama-staging-") as tmp:
         staging = Path(tmp) / "llama.cpp"
@@ -185,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         prepare_source(args.dest.resolve(), args.lock, args.patches)
-    except (FetchError, OSError, tarfile.TarError) as exc:
+    except (FetchError, pinned.PinnedSourceError, OSError, tarfile.TarError) as exc:
         print(f"pace-gguf: error: {exc}", file=sys.stderr)
         return 1
     return 0

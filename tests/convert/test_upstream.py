@@ -1,4 +1,5 @@
-"""The converter's copy of the source pin must equal cpp/llama.cpp.lock (the library's pin)."""
+"""The converter finds llama.cpp's Python converter in the archive the installed library was built
+from: the installed pin must be cpp/llama.cpp.lock itself."""
 
 from __future__ import annotations
 
@@ -8,12 +9,10 @@ from pathlib import Path
 LOCK = Path(__file__).resolve().parents[2] / "cpp" / "llama.cpp.lock"
 
 
-def test_lock_mirror_matches_cpp_lock():
-    from pace_gguf.convert.upstream import LOCK as mirror
+def test_installed_pin_is_the_build_pin():
+    from pace_gguf.pinned_source import installed_lock
 
-    lock = json.loads(LOCK.read_text())
-    for key, value in mirror.items():
-        assert lock[key] == value, key
+    assert installed_lock() == json.loads(LOCK.read_text())
 
 
 def test_upstream_source_has_converter_and_vocabs():
