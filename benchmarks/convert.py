@@ -9,8 +9,10 @@ Cases (each a fresh `pace-gguf convert` subprocess):
 
 Peak memory: the process tree (our process + upstream's converter) is sampled every 0.1 s for the
 sum of VmRSS and of RssAnon (anonymous memory: what the process itself allocated; VmRSS also counts
-touched pages of memory-mapped files, which llama.cpp's quantizer maps), and getrusage's ru_maxrss of
-the finished children is reported too (the largest single process).
+touched pages of memory-mapped files, which llama.cpp's quantizer maps), and wait4's ru_maxrss of the
+converter and its children is reported too (the largest single process). Inputs are made in a
+separate process: Linux counts the launching process's resident memory into a child's ru_maxrss,
+so the process that launches the converter must stay small.
 
     python benchmarks/convert.py [--cases smollm2,qwen2-7b] [--layers 28] [--workdir DIR] [--json PATH]
 """
@@ -21,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shutil
 import subprocess
 import sys
@@ -63,7 +64,6 @@ def _tree(pid: int) -> list[int]:
 
 
 def run_measured(cmd: list[str], env=None) -> dict:
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     peak = {"rss": 0, "anon": 0}
@@ -80,16 +80,19 @@ def run_measured(cmd: list[str], env=None) -> dict:
 
     th = threading.Thread(target=sample, daemon=True)
     th.start()
-    out = proc.communicate()[0]
+    out = proc.stdout.read()
+    # wait4: the rusage of this child and its waited-for descendants only (ru_maxrss: the largest
+    # single process among them), not of every child this benchmark ever ran
+    _, status, usage = os.wait4(proc.pid, 0)
+    proc.returncode = os.waitstatus_to_exitcode(status)
     done.set()
     th.join()
     seconds = time.perf_counter() - t0
-    maxrss = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     if proc.returncode != 0:
         raise SystemExit(f"{' '.join(cmd)} failed ({proc.returncode}):\n{out[-3000:]}")
     return {"seconds": round(seconds, 1), "peak_rss_tree_mib": round(peak["rss"] / 1024),
             "peak_anon_tree_mib": round(peak["anon"] / 1024),
-            "max_single_process_rss_mib": round(maxrss / 1024) if maxrss > before else None,
+            "max_single_process_rss_mib": round(usage.ru_maxrss / 1024),
             "log_tail": [ln for ln in out.splitlines() if ln.startswith("pace-gguf:")][-4:]}
 
 
@@ -167,6 +170,18 @@ def make_qwen2_7b(folder: Path, layers: int, seed: int = 0) -> Path:
     return folder
 
 
+CASES = {"smollm2": "smollm2-f16.gguf", "qwen2-7b": "qwen2-7b-random"}   # case -> input in the workdir
+
+
+def prepare_input(case: str, work: Path, layers: int, threads: int) -> None:
+    if case == "smollm2":
+        from pace_gguf.convert.quantize import quantize
+        from pace_gguf.registry import pull
+        quantize(pull(), work / CASES[case], "F16", allow_requantize=True, nthread=threads, show_progress=False)
+    else:
+        make_qwen2_7b(work / CASES[case], layers)
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cases", default="smollm2,qwen2-7b")
@@ -175,27 +190,28 @@ def main() -> int:
     ap.add_argument("--experts", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workdir", type=Path, default=None, help="scratch folder (needs ~2.2x the bf16 checkpoint)")
+    ap.add_argument("--prepare", choices=list(CASES), help=argparse.SUPPRESS)   # internal: make one input
     ap.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results" / "convert.json")
     args = ap.parse_args()
+    if args.prepare:
+        prepare_input(args.prepare, Path(args.workdir), args.layers, args.threads)
+        return 0
     exe = str(Path(sys.executable).with_name("pace-gguf"))
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-convert-", dir=args.workdir))
     try:
         for case in args.cases.split(","):
-            if case == "smollm2":
-                from pace_gguf.convert.quantize import quantize
-                from pace_gguf.registry import pull
-                src = work / "smollm2-f16.gguf"
-                quantize(pull(), src, "F16", allow_requantize=True, nthread=args.threads, show_progress=False)
-                label, layers = "SmolLM2-135M-Instruct (F16 GGUF)", 30
-            elif case == "qwen2-7b":
-                t0 = time.perf_counter()
-                src = make_qwen2_7b(work / "qwen2-7b-random", args.layers)
-                size = sum(p.stat().st_size for p in src.glob("*.safetensors"))
-                print(f"generated {size / 2**30:.1f} GiB in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
-                label, layers = f"random Qwen2-7B shapes, {args.layers}/28 layers (bf16 safetensors)", args.layers
-            else:
+            if case not in CASES:
                 raise SystemExit(f"unknown case {case}")
+            # In a child process: Linux counts a parent's resident memory at spawn time into the
+            # child's ru_maxrss, so this process must stay small while it launches the converter.
+            t0 = time.perf_counter()
+            subprocess.run([sys.executable, __file__, "--prepare", case, "--workdir", str(work),
+                            "--layers", str(args.layers), "--threads", str(args.threads)], check=True)
+            src = work / CASES[case]
+            print(f"prepared {case} in {time.perf_counter() - t0:.0f} s", file=sys.stderr)
+            label, layers = ("SmolLM2-135M-Instruct (F16 GGUF)", 30) if case == "smollm2" else (
+                f"random Qwen2-7B shapes, {args.layers}/28 layers (bf16 safetensors)", args.layers)
             out = work / f"{case}-{args.quant}.gguf"
             in_bytes = src.stat().st_size if src.is_file() else sum(p.stat().st_size for p in src.glob("*.safetensors"))
             m = run_measured([exe, "convert", str(src), "-o", str(out), "--quant", args.quant,
