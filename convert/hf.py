@@ -24,6 +24,8 @@ _TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json"
 OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 # run by path in upstream's interpreter setup (it imports upstream's gguf-py, not ours)
 UPSTREAM_RUNNER = Path(__file__).with_name("upstream_runner.py")
+QUIET_ENV = "PACE_GGUF_UPSTREAM_QUIET"        # read by upstream_runner.py
+_BAR_PREFIX = b"Writing:"                    # gguf-py's GGUFWriter progress bar
 
 
 @lru_cache(maxsize=1)
@@ -87,21 +89,50 @@ def check_safetensors(path: Path) -> None:
         raise ConvertError(f"{path} is truncated: its tensors need {8 + n + end:,} bytes but the file has {size:,}")
 
 
-def run_upstream_converter(src: Path, out: Path, outtype: str = "auto", *, verbose: bool = False) -> Path:
+def run_upstream_converter(src: Path, out: Path, outtype: str = "auto", *, verbose: bool = False,
+                           progress: bool = False) -> Path:
     """Run convert_hf_to_gguf.py on `src` writing `out`. Raises ConvertError (with upstream's last
-    error line) when it fails. Does not make `out` atomic: callers write into a temp path."""
+    error line) when it fails. Does not make `out` atomic: callers write into a temp path.
+    `progress`: show upstream's own write progress bar (bytes, rate, ETA); `verbose`: its whole log."""
     if outtype not in OUTTYPES:
         raise ConvertError(f"outtype must be one of {', '.join(OUTTYPES)}, got {outtype!r}")
     check_hf_folder(src)
     # upstream_runner.py streams big pass-through tensors in row chunks (same bytes, bounded RAM)
     cmd = [sys.executable, str(UPSTREAM_RUNNER),
            str(source_dir() / "convert_hf_to_gguf.py"), str(src), "--outfile", str(out), "--outtype", outtype]
-    result = subprocess.run(cmd, env=converter_env(), stdout=None if verbose else subprocess.PIPE,
-                            stderr=None if verbose else subprocess.STDOUT, text=True)
-    if result.returncode != 0:
+    if verbose:
+        returncode, log = subprocess.run(cmd, env=converter_env()).returncode, ""
+    else:
+        # its per-tensor INFO lines are silenced; warnings, errors and the bar remain
+        env = converter_env() | {QUIET_ENV: "1"}
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
+            log = _read_log(proc.stdout, show_bar=progress)
+        returncode = proc.returncode
+    if returncode != 0:
         out.unlink(missing_ok=True)
-        raise ConvertError(f"llama.cpp's converter failed on {src}: {_last_error(result.stdout or '')}")
+        raise ConvertError(f"llama.cpp's converter failed on {src}: {_last_error(log)}")
     return out
+
+
+def _read_log(stream, show_bar: bool) -> str:
+    """Read the converter's output to its end. Redraws of upstream's "Writing" tqdm bar go to our
+    stderr when `show_bar` (they end in carriage returns); everything else is returned."""
+    kept, pending, shown = [], b"", False
+    for chunk in iter(lambda: stream.read1(1 << 16), b""):
+        *parts, pending = re.split(rb"[\r\n]", pending + chunk)
+        for part in parts:
+            if part.startswith(_BAR_PREFIX):
+                if show_bar:
+                    sys.stderr.write("\r" + part.decode(errors="replace"))
+                    sys.stderr.flush()
+                    shown = True
+            elif part.strip():
+                kept.append(part.decode(errors="replace"))
+    if pending.strip() and not pending.startswith(_BAR_PREFIX):
+        kept.append(pending.decode(errors="replace"))
+    if shown:
+        sys.stderr.write("\n")
+    return "\n".join(kept)
 
 
 def _last_error(log: str) -> str:

@@ -162,7 +162,7 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
             check_hf_folder(src)
             outtype = _hf_outtype(src, opts.quant)
             _log(f"converting {src} with llama.cpp's convert_hf_to_gguf.py (--outtype {outtype})")
-            run_upstream_converter(src, t_upstream, outtype, verbose=opts.verbose)
+            run_upstream_converter(src, t_upstream, outtype, verbose=opts.verbose, progress=opts.progress)
             gguf_in = t_upstream
         else:
             gguf_in = src

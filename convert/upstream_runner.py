@@ -12,11 +12,13 @@ Row chunks are exact: every type the converter writes (F32, F16, BF16, Q8_0) rou
 
 Runs in upstream's interpreter setup (its gguf-py and conversion/ on sys.path), never imports
 pace_gguf:  python upstream_runner.py <convert_hf_to_gguf.py> [converter arguments]
-$PACE_GGUF_CHUNK_BYTES sets the float32 bytes per chunk (default 64 MiB; tests use tiny chunks).
+$PACE_GGUF_CHUNK_BYTES sets the float32 bytes per chunk (default 64 MiB; tests use tiny chunks);
+$PACE_GGUF_UPSTREAM_QUIET=1 silences upstream's per-tensor INFO log.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import runpy
 import sys
@@ -126,6 +128,8 @@ def _stream_pass_through_tensors() -> None:
 
 def main() -> None:
     converter, *args = sys.argv[1:]
+    if os.environ.get("PACE_GGUF_UPSTREAM_QUIET"):
+        logging.disable(logging.INFO)      # upstream logs a line per tensor at INFO
     _tag_local_tensors()
     _stream_pass_through_tensors()
     sys.argv = [converter, *args]

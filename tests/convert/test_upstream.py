@@ -33,3 +33,19 @@ def test_convert_cli_import_is_light(tmp_path):
     code = ("import sys, pace_gguf.cli as c; c.build_parser(); "
             "bad=[m for m in ('torch','transformers','llama_cpp') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path).returncode == 0  # not the checkout: its pace_gguf/ lacks convert/
+
+
+def test_converter_log_relays_only_upstreams_bar(capsys):
+    """Bar redraws (carriage-return separated) go to stderr when asked; the rest is kept for errors."""
+    import io
+
+    from pace_gguf.convert.hf import _last_error, _read_log
+
+    out = (b"WARNING:hf-to-gguf:something odd\nWriting:   0%| | 0/9 [00:00<?]\rWriting:  50%| | 4/9\r"
+           b"Writing: 100%| | 9/9\nTraceback (most recent call last):\n  File \"x.py\"\nValueError: bad shape")
+    log = _read_log(io.BytesIO(out), show_bar=True)
+    assert "Writing" not in log and "something odd" in log
+    assert _last_error(log) == "ValueError: bad shape"
+    err = capsys.readouterr().err
+    assert err.count("\rWriting:") == 3 and err.endswith("9/9\n")
+    assert _read_log(io.BytesIO(out), show_bar=False) == log and capsys.readouterr().err == ""
