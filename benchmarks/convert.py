@@ -100,7 +100,6 @@ def make_qwen2_7b(folder: Path, layers: int, seed: int = 0) -> Path:
     """Write a random bf16 Qwen2-7B-shaped checkpoint, one safetensors shard per layer (streamed:
     one tensor in memory at a time)."""
     import numpy as np
-    from safetensors.numpy import save_file
 
     from pace_gguf.convert.tiny import build_tokenizer
 
@@ -119,12 +118,12 @@ def make_qwen2_7b(folder: Path, layers: int, seed: int = 0) -> Path:
             out[a:a + x.size] = (x + 0x7FFF + ((x >> 16) & 1)) >> 16
         return out.reshape(shape)
 
-    index, shards = {}, []
+    index = {}
 
     def shard(name: str, tensors: dict):
         path = folder / name
         # safetensors.numpy cannot write bf16 from uint16: write the header by hand
-        header, offset, blobs = {}, 0, []
+        header, offset = {}, 0
         for k, (arr, dtype) in tensors.items():
             header[k] = {"dtype": dtype, "shape": list(arr.shape), "data_offsets": [offset, offset + arr.nbytes]}
             offset += arr.nbytes
@@ -133,12 +132,10 @@ def make_qwen2_7b(folder: Path, layers: int, seed: int = 0) -> Path:
         with open(path, "wb") as fh:
             fh.write(len(head).to_bytes(8, "little") + head)
             for arr, _ in tensors.values():
-                fh.write(arr.tobytes())
+                arr.tofile(fh)                    # no copy of a 1 GB embedding
         for k in tensors:
             index[k] = name
-        shards.append(path)
 
-    del save_file
     shard("model-embed.safetensors", {"model.embed_tokens.weight": (bf16((v, h), 0.02), "BF16")})
     for i in range(layers):
         p = f"model.layers.{i}."

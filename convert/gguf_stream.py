@@ -61,13 +61,7 @@ class GGUFSource:
         Read, not a view of a memory map: pages of a mapped file that were touched stay in the
         process's resident set until the kernel needs the memory, so streaming a 15 GB file
         through a map shows up as a 15 GB peak RSS. Plain reads go through the page cache only."""
-        buf = np.empty(t.nbytes, dtype=np.uint8)
-        with open(self.path, "rb", buffering=0) as f:
-            f.seek(self.data_start + t.offset)
-            got = f.readinto(memoryview(buf))
-        if got != t.nbytes:
-            raise ConvertError(f"{self.path} is truncated: {t.name} ends past the end of the file")
-        return buf
+        return next(self.raw_chunks(t, max(t.nbytes, 1)), np.empty(0, dtype=np.uint8))
 
     def raw_chunks(self, t: TensorInfo, chunk_bytes: int = 64 << 20):
         """The tensor's bytes as successive buffers of at most `chunk_bytes` (for plain copies:

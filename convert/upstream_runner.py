@@ -71,7 +71,7 @@ def _method_name(func) -> str | None:
 
 
 def _chunk_loader(local, first: int, stop: int, widen: bool):
-    rows, cols = local.shape
+    cols = int(local.shape[1])
     dtype = np.dtype(_VIEW[local.dtype])
 
     def load() -> np.ndarray:
