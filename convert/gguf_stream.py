@@ -142,8 +142,8 @@ class _Cursor:
 def read_gguf(path) -> GGUFSource:
     """Parse a GGUF file; raises ConvertError on a missing, non-GGUF, truncated or corrupt file."""
     path = Path(path)
-    if not path.is_file():
-        raise ConvertError(f"input not found: {path}")
+    if not path.is_file():                          # (a FIFO or a device could block the reads)
+        raise ConvertError(f"{path} is not a regular file" if path.exists() else f"input not found: {path}")
     size = path.stat().st_size
     if size < 24:
         raise ConvertError(f"{path} is not a GGUF file (only {size} bytes)")

@@ -25,6 +25,8 @@ OUTTYPES = ("f32", "f16", "bf16", "q8_0", "auto")
 # run by path in upstream's interpreter setup (it imports upstream's gguf-py, not ours)
 UPSTREAM_RUNNER = Path(__file__).with_name("upstream_runner.py")
 QUIET_ENV = "PACE_GGUF_UPSTREAM_QUIET"        # read by upstream_runner.py
+# config.json keys upstream's converter takes the layer count from, in its order (find_hparam)
+_LAYER_COUNT_KEYS = ("n_layers", "num_hidden_layers", "n_layer", "num_layers")
 _BAR_PREFIX = b"Writing:"                    # gguf-py's GGUFWriter progress bar
 
 
@@ -70,8 +72,17 @@ def check_hf_folder(src: Path) -> dict:
     return config
 
 
+def layer_count(config: dict) -> int | None:
+    """The model's layer count as upstream's converter reads it (text_config's keys win)."""
+    merged = {**config, **(config.get("text_config") or {})}
+    count = next((merged[key] for key in _LAYER_COUNT_KEYS if key in merged), None)
+    return count if isinstance(count, int) else None
+
+
 def check_safetensors(path: Path) -> None:
     """Header parse + size check: a truncated download fails here, not halfway through converting."""
+    if not path.is_file():                          # a FIFO would block the read below
+        raise ConvertError(f"{path} is not a regular file")
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -100,13 +111,23 @@ def run_upstream_converter(src: Path, out: Path, outtype: str = "auto", *, verbo
     # upstream_runner.py streams big pass-through tensors in row chunks (same bytes, bounded RAM)
     cmd = [sys.executable, str(UPSTREAM_RUNNER),
            str(source_dir() / "convert_hf_to_gguf.py"), str(src), "--outfile", str(out), "--outtype", outtype]
+    # In its own session, a Ctrl-C typed at the terminal reaches only this process, which stops
+    # the converter (no traceback of it); subprocess.run kills it on any exception.
     if verbose:
-        returncode, log = subprocess.run(cmd, env=converter_env()).returncode, ""
+        returncode, log = subprocess.run(cmd, env=converter_env(), start_new_session=True).returncode, ""
     else:
         # its per-tensor INFO lines are silenced; warnings, errors and the bar remain
         env = converter_env() | {QUIET_ENV: "1"}
-        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) as proc:
-            log = _read_log(proc.stdout, show_bar=progress)
+        with subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              start_new_session=True) as proc:
+            try:
+                log = _read_log(proc.stdout, show_bar=progress)
+            except BaseException:
+                # Ctrl-C, SIGTERM: Popen's exit would leave it running (or wait for its end), and
+                # it would go on writing `out` after the caller removed it
+                proc.kill()
+                proc.wait()
+                raise
         returncode = proc.returncode
     if returncode != 0:
         out.unlink(missing_ok=True)

@@ -2,13 +2,16 @@
 pace.* metadata -> (llama.cpp quantize) -> OUT.
 
 Every intermediate and the result are written to hidden temp files in OUT's folder; OUT appears
-only by an atomic rename once everything succeeded, so a failure or Ctrl-C never leaves a partial
-OUT (nor temp files: they are removed in `finally`).
+only by an atomic rename once everything succeeded, so a failure, Ctrl-C or SIGTERM never leaves
+a partial OUT (nor temp files: they are removed in `finally`). A process killed outright (SIGKILL)
+cannot clean up: its temp files carry its PID, and the next run writing to that folder removes
+those whose process is gone.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import resource
 import sys
 import tempfile
@@ -28,7 +31,11 @@ AMB_KEYS = {
     "chunk": int, "theta_high": float, "theta_low": float, "alpha": float, "w_high": float,
     "w_mid": float, "lambda": float, "momentum": float, "mode": str, "granularity": str,
 }
-_AMB_CHOICES = {"mode": ("code", "paper"), "granularity": ("ubatch", "prompt")}
+# pace.amb.* names that PaceConfig spells differently ("lambda" is a Python keyword)
+_CONFIG_FIELDS = {"lambda": "negative_weight"}
+# Temp file names: .OUT.pace-gguf-<pid>-<random>.part<i>, the pid of the process writing them.
+_PART_TAG = "pace-gguf-"
+_PART_NAME = re.compile(r"^\..+\." + _PART_TAG + r"(\d+)-[^.]+\.part\d+$")
 
 
 @dataclass
@@ -66,19 +73,35 @@ class ConvertSummary:
         return out + self.notes
 
 
-def amb_metadata(amb: dict) -> dict:
-    """pace.amb.* keys for the given settings (only those given); enabled=true when layers are."""
-    kv = {}
-    for name, value in amb.items():
-        if name not in AMB_KEYS:
-            raise ConvertError(f"unknown AMB setting {name!r}; known: {', '.join(AMB_KEYS)}")
-        if name in _AMB_CHOICES and value not in _AMB_CHOICES[name]:
-            raise ConvertError(f"--amb-{name.replace('_', '-')} must be one of {', '.join(_AMB_CHOICES[name])}, got {value!r}")
-        kind = AMB_KEYS[name]
-        kv[f"pace.amb.{name}"] = [int(v) for v in value] if kind is list else kind(value)
-    if "layers" in amb and "enabled" not in amb:
-        kv["pace.amb.enabled"] = True
-    return kv
+def amb_metadata(amb: dict, n_layer: int | None) -> dict:
+    """pace.amb.* keys for the given settings (only those given); enabled=true when layers are.
+    The settings are first checked, for a model of `n_layer` layers, by the runtime's own rules:
+    a file the runtime would refuse is never written."""
+    unknown = [name for name in amb if name not in AMB_KEYS]
+    if unknown:
+        raise ConvertError(f"unknown AMB setting {unknown[0]!r}; known: {', '.join(AMB_KEYS)}")
+    amb = dict(amb)
+    if "layers" in amb:
+        amb.setdefault("enabled", True)
+    if amb:
+        _check_amb(amb, n_layer)
+    return {f"pace.amb.{name}": [int(v) for v in value] if AMB_KEYS[name] is list else AMB_KEYS[name](value)
+            for name, value in amb.items()}
+
+
+def _check_amb(amb: dict, n_layer: int | None) -> None:
+    """What the runtime will see (its defaults plus these keys) must pass its own validation."""
+    from pace_gguf.amb import PaceConfig, PaceConfigError, validate_config  # noqa: PLC0415
+
+    if n_layer is None:
+        raise ConvertError("cannot check the --amb-* settings: the input does not say how many layers the model has")
+    changes = {_CONFIG_FIELDS.get(name, name): value for name, value in amb.items()}
+    if "layers" in changes:
+        changes["layers"] = tuple(changes["layers"])
+    try:
+        validate_config(PaceConfig().replace(**changes), n_layer)
+    except PaceConfigError as exc:
+        raise ConvertError(str(exc)) from None
 
 
 @contextmanager
@@ -87,7 +110,8 @@ def _temp_paths(out: Path, n: int):
     paths = []
     try:
         for i in range(n):
-            fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=f".part{i}")
+            fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{_PART_TAG}{os.getpid()}-",
+                                        suffix=f".part{i}")
             os.close(fd)
             paths.append(Path(name))
         yield paths
@@ -104,7 +128,8 @@ def _publish(tmp: Path, out: Path) -> None:
     os.replace(tmp, out)
 
 
-def _check_output(src: Path, out: Path) -> Path:
+def _prepare_output(src: Path, out: Path) -> Path:
+    """Check OUT's folder, and remove the temp files that killed runs left there."""
     out = out.expanduser()
     if not out.parent.is_dir():
         raise ConvertError(f"output folder does not exist: {out.parent}")
@@ -114,7 +139,28 @@ def _check_output(src: Path, out: Path) -> Path:
         raise ConvertError("output and input are the same file; write to another name")
     if not os.access(out.parent, os.W_OK):
         raise ConvertError(f"output folder is not writable: {out.parent}")
+    _remove_stale_parts(out.parent)
     return out
+
+
+def _remove_stale_parts(folder: Path) -> None:
+    for path in folder.iterdir():
+        m = _PART_NAME.match(path.name)
+        if m and not _process_exists(int(m.group(1))):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError:                         # e.g. another user's, in a sticky folder: not ours to fail on
+                pass
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:                         # someone else's process
+        return True
+    return True
 
 
 def _hf_outtype(src: Path, quant: str) -> str:
@@ -147,8 +193,12 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
         raise ConvertError(f"--experts must be >= 0, got {opts.experts}")
     if not src.exists():
         raise ConvertError(f"input not found: {src}")
-    out = _check_output(src, out)
-    amb_kv = amb_metadata(opts.amb)
+    if not (src.is_dir() or src.is_file()):         # a FIFO or a device could block the reads
+        raise ConvertError(f"{src} is neither a Hugging Face model folder nor a regular (GGUF) file")
+    out = _prepare_output(src, out)
+    # A GGUF input is parsed once, here: its header also has the layer count the AMB check needs.
+    source = None if src.is_dir() else read_gguf(src)
+    amb_kv = amb_metadata(opts.amb, _layer_count(src, source) if opts.amb else None)
     imatrix = None
     if opts.imatrix is not None:
         from .imatrix import load_imatrix  # noqa: PLC0415
@@ -157,18 +207,15 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
             raise ConvertError(f"--imatrix only applies to quantized types, not {opts.quant}")
 
     with _temp_paths(out, 3) as (t_upstream, t_reordered, t_quant):
-        if src.is_dir():
+        if source is None:
             from .hf import check_hf_folder, run_upstream_converter  # noqa: PLC0415
             check_hf_folder(src)
             outtype = _hf_outtype(src, opts.quant)
             _log(f"converting {src} with llama.cpp's convert_hf_to_gguf.py (--outtype {outtype})")
             run_upstream_converter(src, t_upstream, outtype, verbose=opts.verbose, progress=opts.progress)
-            gguf_in = t_upstream
-        else:
-            gguf_in = src
-        source = read_gguf(gguf_in)
+            source = read_gguf(t_upstream)
         objectives = _reorder_step(source, t_reordered, opts, amb_kv, dequantize_first=False)
-        if gguf_in == t_upstream:
+        if source.path == t_upstream:
             del source
             t_upstream.unlink(missing_ok=True)        # free disk before quantizing
         final = t_reordered
@@ -184,6 +231,15 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
         _publish(final, out)
     return ConvertSummary(out, time.perf_counter() - t0, out.stat().st_size, _peak_rss_mb(), opts.quant,
                           opts.experts, objectives["objective"])
+
+
+def _layer_count(src: Path, source) -> int | None:
+    """The model's block count, from config.json (`source` None: a HF folder) or the GGUF header."""
+    if source is None:
+        from .hf import check_hf_folder, layer_count  # noqa: PLC0415
+        return layer_count(check_hf_folder(src))
+    count = source.kv.get(f"{source.kv.get('general.architecture')}.block_count")
+    return count if isinstance(count, int) else None
 
 
 def _needs_quantize(path: Path, quant: str) -> bool:
@@ -246,7 +302,7 @@ def reorder(src, out, *, experts: int = 64, seed: int = 0, requantize: bool = Fa
     src, out = Path(src).expanduser(), Path(out)
     if src.is_dir():
         raise ConvertError(f"{src} is a folder; `reorder` takes a GGUF file (use `convert` for Hugging Face folders)")
-    out = _check_output(src, out)
+    out = _prepare_output(src, out)
     if experts <= 0:
         raise ConvertError(f"--experts must be >= 1 for reorder, got {experts}")
     source = read_gguf(src)

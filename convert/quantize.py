@@ -1,13 +1,24 @@
 """Quantization through llama.cpp's own API (llama_model_quantize in pace-gguf's library).
 
+It runs in a child process, because llama_model_quantize cannot be stopped: it has no abort
+callback, and a Ctrl-C that arrives while it runs reaches Python only inside its log callback,
+where ctypes discards the exception. The child runs in its own session, so a Ctrl-C typed at the
+terminal reaches only the parent, which kills the child and removes the temp files; if the
+parent is killed outright, the kernel kills the child too (PR_SET_PDEATHSIG, Linux).
+
 Progress: llama.cpp logs one line per tensor ("[  3/ 26] blk.0.ffn_down.weight - ..."); a log
-callback turns those into a tqdm bar while quantize runs, then llama-cpp-python's callback returns.
+callback in the child turns those into a tqdm bar on the shared stderr.
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
+import os
+import pickle
 import re
+import signal
+import subprocess
 import sys
 
 from .errors import ConvertError
@@ -40,7 +51,70 @@ def parse_quant(name: str) -> str:
 def quantize(src, dst, qtype: str, *, imatrix: dict | None = None, nthread: int = 0,
              allow_requantize: bool = False, show_progress: bool = True) -> None:
     """llama_model_quantize(src -> dst) to `qtype` (a QUANT_TYPES key), optionally with imatrix
-    values {tensor name: float32 array}. Raises ConvertError when llama.cpp reports failure."""
+    values {tensor name: float32 array}, in a child process. Raises ConvertError when llama.cpp
+    reports failure; an interrupt stops the child at once (dst is then the caller's to remove)."""
+    job = {"src": str(src), "dst": str(dst), "qtype": qtype, "imatrix": imatrix, "nthread": nthread,
+           "allow_requantize": allow_requantize, "show_progress": show_progress}
+    cmd = [sys.executable, "-c", _CHILD_MAIN, str(os.getpid())]
+    with subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, env=_child_env(),
+                          start_new_session=True) as proc:
+        try:
+            out, _ = proc.communicate(pickle.dumps(job))
+        except BaseException:                   # Ctrl-C, SIGTERM: stop llama.cpp now
+            proc.kill()
+            proc.wait()
+            raise
+    if proc.returncode != 0:
+        raise ConvertError(_child_failure(qtype, proc.returncode, out))
+
+
+# sys.path[0] of `python -c` is the working directory, where a source checkout of pace_gguf
+# (without its compiled library) could shadow the one this process runs: drop it first.
+_CHILD_MAIN = "import sys; del sys.path[0]; from pace_gguf.convert.quantize import _child_main; _child_main()"
+
+
+def _child_env() -> dict:
+    """This environment, with the folder of the pace_gguf this process runs first on the path."""
+    import pace_gguf  # noqa: PLC0415
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(pace_gguf.__file__)))
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [root, os.environ.get("PYTHONPATH")])))
+
+
+def _child_failure(qtype: str, returncode: int, out: bytes) -> str:
+    if returncode < 0:
+        return f"llama.cpp's quantizer was killed by {signal.Signals(-returncode).name} while quantizing to {qtype}"
+    try:
+        return json.loads(out)["error"]
+    except (ValueError, KeyError, TypeError):
+        return f"llama.cpp's quantizer failed while quantizing to {qtype} (exit status {returncode}; see above)"
+
+
+def _child_main() -> None:
+    """The child of `quantize`: the job comes pickled on stdin, a failure goes back as JSON on
+    stdout (anything llama.cpp itself prints to stdout is sent to stderr instead)."""
+    _die_with_parent(int(sys.argv[1]))
+    result = os.fdopen(os.dup(1), "w")
+    os.dup2(2, 1)
+    try:
+        _quantize_here(**pickle.load(sys.stdin.buffer))
+    except ConvertError as exc:
+        json.dump({"error": str(exc)}, result)
+        result.close()
+        sys.exit(1)
+
+
+def _die_with_parent(parent: int) -> None:
+    """Ask the kernel to kill this process when its parent dies (Linux; elsewhere a no-op)."""
+    if sys.platform.startswith("linux"):
+        pr_set_pdeathsig = 1
+        ctypes.CDLL(None, use_errno=True).prctl(pr_set_pdeathsig, signal.SIGKILL)
+    if os.getppid() != parent:                  # it died before the request took effect
+        sys.exit(1)
+
+
+def _quantize_here(src: str, dst: str, qtype: str, imatrix: dict | None, nthread: int,
+                   allow_requantize: bool, show_progress: bool) -> None:
     from pace_gguf._native import llama_cpp_module  # noqa: PLC0415
 
     lib = llama_cpp_module().llama_cpp
@@ -65,7 +139,7 @@ def quantize(src, dst, qtype: str, *, imatrix: dict | None = None, nthread: int 
         params.imatrix = ctypes.cast(arr, ctypes.POINTER(lib.llama_model_imatrix_data))
     log = _LogCapture(lib, show_progress)
     with log:
-        rc = lib.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+        rc = lib.llama_model_quantize(os.fsencode(src), os.fsencode(dst), ctypes.byref(params))
     if rc != 0:
         raise ConvertError(f"llama.cpp could not quantize to {qtype}: {log.last_error() or f'error code {rc}'}")
 

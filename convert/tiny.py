@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
-ARCHITECTURES = ("qwen2", "llama")
+ARCHITECTURES = ("qwen2", "llama", "qwen2moe")
 
 # Pre-tokenizer regexes of the original tokenizer.json files (Qwen2: single digits; Llama 3: 1-3).
 _QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
@@ -45,10 +45,17 @@ class _Family:
     eos: str
     hf_class: str         # transformers model class
     bias_qkv: bool
+    config_class: str = "LlamaConfig"
+    config_extra: tuple = ()  # further (name, value) settings of the config
 
 
 _FAMILIES = {
-    "qwen2": _Family("qwen2", _QWEN2_SPLIT, True, False, None, "<|endoftext|>", "Qwen2ForCausalLM", True),
+    "qwen2": _Family("qwen2", _QWEN2_SPLIT, True, False, None, "<|endoftext|>", "Qwen2ForCausalLM", True,
+                     "Qwen2Config"),
+    # a mixture of experts with a shared expert (qwen2moe), for what must refuse MoE FFNs
+    "qwen2moe": _Family("qwen2", _QWEN2_SPLIT, True, False, None, "<|endoftext|>", "Qwen2MoeForCausalLM", True,
+                        "Qwen2MoeConfig", (("num_experts", 4), ("num_experts_per_tok", 2),
+                                           ("moe_intermediate_size", 32), ("shared_expert_intermediate_size", 64))),
     "llama": _Family("llama-bpe", _LLAMA3_SPLIT, False, True, "<|begin_of_text|>", "<|end_of_text|>",
                      "LlamaForCausalLM", False),
 }
@@ -166,8 +173,8 @@ def make_tiny_hf(arch: str, folder, *, seed: int = 0, hidden: int = 64, intermed
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     tokenizer, n_vocab = build_tokenizer(arch)
-    config_cls = transformers.Qwen2Config if arch == "qwen2" else transformers.LlamaConfig
-    config = config_cls(
+    config = getattr(transformers, fam.config_class)(
+        **dict(fam.config_extra),
         vocab_size=n_vocab, hidden_size=hidden, intermediate_size=intermediate, num_hidden_layers=layers,
         num_attention_heads=heads, num_key_value_heads=kv_heads, max_position_embeddings=4096,
         rms_norm_eps=1e-6, tie_word_embeddings=tie_embeddings,

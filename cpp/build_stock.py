@@ -4,14 +4,17 @@
     python cpp/build_stock.py [--build-dir DIR]     # prints the folder holding libllama
 
 Tests and benchmarks compare pace-gguf against it ("ours vs stock llama.cpp"); it is never
-installed. Built once per pinned source into the user cache, with the same CMAKE_ARGS as the
-package, and reused afterwards (an up-to-date build takes a second).
+installed. It does get cpp/fixes/*.patch (upstream bug fixes, e.g. the AMX crash), so that ours
+and stock differ by pace-gguf's patches alone. Built once per pinned source and set of fixes into
+the user cache, with the same CMAKE_ARGS as the package, and reused afterwards (an up-to-date
+build takes a second).
 """
 
 from __future__ import annotations
 
 import argparse
 import fcntl
+import hashlib
 import json
 import os
 import shlex
@@ -25,25 +28,35 @@ sys.path.insert(0, str(HERE))
 from fetch_llama_cpp import pinned  # noqa: E402
 
 
+def fixes_key() -> str:
+    """Short hash of cpp/fixes/*.patch (names and contents): the stock build applies them too, so
+    a changed fix gets a new build folder rather than reusing an old cached build."""
+    digest = hashlib.sha256()
+    for patch in sorted((HERE / "fixes").glob("*.patch")):
+        digest.update(f"{patch.name}:{pinned.sha256_file(patch)}\n".encode())
+    return digest.hexdigest()[:8]
+
+
 def default_build_dir() -> Path:
     lock = json.loads((HERE / "llama.cpp.lock").read_text())
-    return pinned.cache_dir() / "stock" / f"llama.cpp-{lock['llama_cpp_build']}-{lock['sha256'][:12]}"
+    return pinned.cache_dir() / "stock" / f"llama.cpp-{lock['llama_cpp_build']}-{lock['sha256'][:12]}-fixes-{fixes_key()}"
 
 
-def build(build_dir: Path) -> Path:
-    """Configure (once) and build libllama; concurrent callers wait for each other."""
+def build(build_dir: Path, options: tuple[str, ...] = ("-DPACE_STOCK=ON",)) -> Path:
+    """Configure (once) and build libllama; concurrent callers wait for each other. `options` come
+    after the user's CMAKE_ARGS (cpp/build_portable.py passes its own)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(build_dir)
+        return _build_locked(build_dir, options)
 
 
-def _build_locked(build_dir: Path) -> Path:
-    configure = ["cmake", "-S", str(HERE), "-B", str(build_dir), "-DPACE_STOCK=ON", "-DCMAKE_BUILD_TYPE=Release",
+def _build_locked(build_dir: Path, options: tuple[str, ...]) -> Path:
+    configure = ["cmake", "-S", str(HERE), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DPython_EXECUTABLE={sys.executable}"]
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"]
-    configure += shlex.split(os.environ.get("CMAKE_ARGS", ""))
+    configure += shlex.split(os.environ.get("CMAKE_ARGS", "")) + list(options)
     if not (build_dir / "CMakeCache.txt").exists():
         subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
     jobs = str(os.cpu_count() or 2)

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Obtain the pinned llama.cpp source and apply pace-gguf's patches.
+"""Obtain the pinned llama.cpp source and apply its bug fixes and pace-gguf's patches.
 
 Run by cpp/CMakeLists.txt at configure time (and usable by hand):
 
@@ -9,8 +9,9 @@ Run by cpp/CMakeLists.txt at configure time (and usable by hand):
    into a cache outside the work tree, and its size and sha256 are checked against the lock.
    A cached archive with the wrong checksum is deleted and fetched again, never used. That part
    is pace_gguf/pinned_source.py, shared with the installed converter and loaded here by path.
-2. Its vendored llama.cpp is extracted into a staging folder and cpp/patches/*.patch are applied
-   in name order; a patch that does not apply stops everything with the patch's name.
+2. Its vendored llama.cpp is extracted into a staging folder; cpp/fixes/*.patch (fixes of upstream
+   bugs, applied to the stock oracle build too) and then cpp/patches/*.patch (pace-gguf's hooks)
+   are applied in name order; a patch that does not apply stops everything with the patch's name.
 3. The staging tree is synced into --dest file by file, so that only files whose content changed
    get a new mtime: editing one patch rebuilds what it touches, not the whole library.
 
@@ -107,13 +108,19 @@ def sync_tree(src: Path, dest: Path) -> int:
 
 
 def source_stamp(lock: dict, patches: list[Path]) -> str:
-    parts = [lock["sha256"]] + [f"{p.name}:{pinned.sha256_file(p)}" for p in patches]
+    parts = [lock["sha256"]] + [f"{p.parent.name}/{p.name}:{pinned.sha256_file(p)}" for p in patches]
     return "\n".join(parts) + "\n"
 
 
-def prepare_source(dest: Path, lock_path: Path, patch_dir: Path) -> None:
+def patch_list(fix_dir: Path | None, patch_dir: Path) -> list[Path]:
+    """What is applied, in order: the upstream bug fixes, then pace-gguf's patches."""
+    fixes = sorted(fix_dir.glob("*.patch")) if fix_dir is not None else []
+    return fixes + sorted(patch_dir.glob("*.patch"))
+
+
+def prepare_source(dest: Path, lock_path: Path, patch_dir: Path, fix_dir: Path | None = HERE / "fixes") -> None:
     lock = json.loads(lock_path.read_text())
-    patches = sorted(patch_dir.glob("*.patch"))
+    patches = patch_list(fix_dir, patch_dir)
     stamp = source_stamp(lock, patches)
     stamp_file = dest / STAMP_NAME
     if stamp_file.is_file() and stamp_file.read_text() == stamp:
@@ -134,10 +141,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dest", type=Path, required=True, help="folder to hold the patched llama.cpp tree")
     parser.add_argument("--lock", type=Path, default=HERE / "llama.cpp.lock")
-    parser.add_argument("--patches", type=Path, default=HERE / "patches")
+    parser.add_argument("--fixes", type=Path, default=HERE / "fixes", help="upstream bug fixes, applied first")
+    parser.add_argument("--patches", type=Path, default=HERE / "patches", help="pace-gguf's patches, applied next")
     args = parser.parse_args(argv)
     try:
-        prepare_source(args.dest.resolve(), args.lock, args.patches)
+        prepare_source(args.dest.resolve(), args.lock, args.patches, args.fixes)
     except (FetchError, pinned.PinnedSourceError, OSError, tarfile.TarError) as exc:
         print(f"pace-gguf: error: {exc}", file=sys.stderr)
         return 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import ctypes
 import dataclasses
+import numbers
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,10 @@ GRANULARITIES = ("ubatch", "prompt")
 
 class PaceConfigError(PaceError, ValueError):
     """Invalid Activation Memory Bank parameters or pace.* metadata."""
+
+
+class PaceMetadataWarning(UserWarning):
+    """A model's pace.amb.* settings were rejected and replaced by the defaults (AMB off)."""
 
 
 class _Params(ctypes.Structure):
@@ -58,6 +63,10 @@ class _Stats(ctypes.Structure):
         ("pos_min", ctypes.c_int32),
         ("pos_max", ctypes.c_int32),
     ]
+
+
+def _is_int32(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool) and -(2**31) <= value < 2**31
 
 
 @dataclass(frozen=True)
@@ -101,20 +110,26 @@ class PaceConfig:
         if self.granularity not in GRANULARITIES:
             raise PaceConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
         layers = tuple(self.layers)
-        if len(layers) > MAX_LAYERS or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
-            raise PaceConfigError(f"layers must be at most {MAX_LAYERS} integers, got {self.layers!r}")
+        if len(layers) > MAX_LAYERS:
+            raise PaceConfigError(f"layers: at most {MAX_LAYERS} layers, got {len(layers)}")
+        bad = [i for i in layers if not _is_int32(i)]
+        if bad:
+            raise PaceConfigError(f"layers must be integers in the int32 range, got {bad[0]!r}")
         p = _Params()
         p.enabled = bool(self.enabled)
         p.mode = MODES.index(self.mode)
         p.granularity = GRANULARITIES.index(self.granularity)
         for name in ("bank_size", "topk", "negk", "store_topk", "chunk"):
             value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or not -(2**31) <= value < 2**31:
-                raise PaceConfigError(f"{name} must be an integer, got {value!r}")
+            if not _is_int32(value):
+                raise PaceConfigError(f"{name} must be an integer in the int32 range, got {value!r}")
             setattr(p, name, value)
-        for name in ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "momentum"):
-            setattr(p, name, float(getattr(self, name)))
-        p.lambda_ = float(self.negative_weight)
+        for name in ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "negative_weight", "momentum"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise PaceConfigError(f"{name} must be a number, got {value!r}")
+            # float32 as in C: a value beyond its range becomes inf, which the C rules reject by name
+            setattr(p, "lambda_" if name == "negative_weight" else name, float(value))
         p.n_layers = len(layers)
         for i, layer in enumerate(layers):
             p.layers[i] = layer
@@ -160,8 +175,8 @@ def last_error() -> str:
 
 
 def _check(status: int, what: str) -> int:
-    if status < 0:
-        raise PaceConfigError(f"{what}: {last_error()}")
+    if status < 0:  # the C library's message names the parameter or key; `what` is the fallback
+        raise PaceConfigError(last_error() or f"{what} failed")
     return status
 
 
@@ -171,6 +186,15 @@ def model_config(model_ptr) -> PaceConfig:
     fn = _bind("llama_pace_amb_model_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])
     _check(fn(model_ptr, ctypes.byref(p)), "invalid pace.amb metadata")
     return PaceConfig._from_c(p)
+
+
+def validate_config(config: PaceConfig, n_layer: int) -> None:
+    """Raise PaceConfigError, naming the parameter, unless `config` is valid for a model with
+    `n_layer` layers: the runtime's own rules (for tools that write pace.amb.* metadata)."""
+    fn = _bind("llama_pace_amb_validate_params", ctypes.c_int32, [ctypes.POINTER(_Params), ctypes.c_int32])
+    if not 1 <= n_layer < 2**31:
+        raise PaceConfigError(f"the model's layer count must be a positive int32, got {n_layer}")
+    _check(fn(ctypes.byref(config._to_c()), n_layer), "invalid AMB settings")
 
 
 def get_config(ctx_ptr) -> PaceConfig:

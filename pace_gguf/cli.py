@@ -1,18 +1,23 @@
 """The `pace-gguf` command line: info, pull, chat (with the AMB flags), convert and reorder.
 
 Every user-fixable problem (PaceError) is printed as one `pace-gguf: error: ...` line with exit
-status 1; argparse reports usage errors with status 2.
+status 1; argparse reports usage errors with status 2. Ctrl-C ends with status 130, SIGTERM and
+SIGHUP with 128 + the signal number (temp files removed either way), and a reader that closes
+the output pipe early with 141, quietly, like a Unix tool killed by SIGPIPE.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 
 from . import __version__, registry
 from .cli_args import layer_list, non_negative_float, positive_int, probability
 from .convert import cli as convert_cli
 from .errors import PaceError
+from .interrupts import Terminated, termination_raises
 
 
 def _progress(msg: str) -> None:
@@ -32,6 +37,8 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("build id", _native.build_id()),
         ("library", _native.loaded_library_path()),
         ("backends", ", ".join(_native.compiled_backends())),
+        # llama_print_system_info(): the instruction sets this ggml was compiled for and uses
+        ("cpu features", _native.system_info()),
         ("cache", str(paths.cache_dir())),
         ("models", str(paths.models_dir())),
         ("default model", registry.DEFAULT_MODEL),
@@ -97,12 +104,14 @@ def _stream_reply(llm, messages: list[dict], args: argparse.Namespace) -> str:
         seed=args.seed,
     )
     parts = []
-    for chunk in chunks:
-        piece = chunk["choices"][0]["delta"].get("content") or ""
-        parts.append(piece)
-        sys.stdout.write(piece)
-        sys.stdout.flush()
-    sys.stdout.write("\n")
+    try:
+        for chunk in chunks:
+            piece = chunk["choices"][0]["delta"].get("content") or ""
+            parts.append(piece)
+            sys.stdout.write(piece)
+            sys.stdout.flush()
+    finally:
+        sys.stdout.write("\n")  # also when it stops early: an error message must not follow on the same line
     return "".join(parts)
 
 
@@ -110,8 +119,18 @@ def _initial_messages(args: argparse.Namespace) -> list[dict]:
     return [{"role": "system", "content": args.system}] if args.system else []
 
 
+def _check_utf8(text: str | None, what: str) -> None:
+    """Bytes that are not UTF-8 (in argv, or typed) arrive as lone surrogates; llama.cpp takes UTF-8."""
+    try:
+        (text or "").encode("utf-8")
+    except UnicodeEncodeError:
+        raise PaceError(f"{what} is not valid UTF-8 text") from None
+
+
 def _repl(llm, args: argparse.Namespace) -> None:
     print("pace-gguf chat: /reset clears the conversation, /exit (or Ctrl-D) quits.", file=sys.stderr)
+    if hasattr(sys.stdin, "reconfigure"):
+        sys.stdin.reconfigure(errors="surrogateescape")  # a line that is not UTF-8 is refused below, not fatal
     messages = _initial_messages(args)
     while True:
         try:
@@ -119,6 +138,11 @@ def _repl(llm, args: argparse.Namespace) -> None:
         except EOFError:
             print()
             return
+        try:
+            _check_utf8(line, "that line")
+        except PaceError as exc:
+            print(f"pace-gguf: {exc}; type it again", file=sys.stderr)
+            continue
         if line == "/exit":
             return
         if line == "/reset":
@@ -133,7 +157,18 @@ def _repl(llm, args: argparse.Namespace) -> None:
             _print_stats(llm)
 
 
+def _check_chat_input(args: argparse.Namespace) -> None:
+    """What would otherwise fail only after the model is loaded, with a traceback."""
+    _check_utf8(args.prompt, "--prompt")
+    _check_utf8(args.system, "--system")
+    if sys.stdout is None:
+        raise PaceError("standard output is closed: there is nowhere to print the answer")
+    if args.prompt is None and sys.stdin is None:
+        raise PaceError("standard input is closed: give --prompt, or type or pipe in the conversation")
+
+
 def cmd_chat(args: argparse.Namespace) -> int:
+    _check_chat_input(args)
     llm = _load_llama(args)
     if args.prompt is not None:
         _stream_reply(llm, _initial_messages(args) + [{"role": "user", "content": args.prompt}], args)
@@ -208,13 +243,23 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
-        return args.func(args)
+        with termination_raises():  # SIGTERM/SIGHUP unwind like Ctrl-C, so temp files are removed
+            return args.func(args)
     except PaceError as exc:
         print(f"pace-gguf: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print(file=sys.stderr)
+        print("\npace-gguf: interrupted", file=sys.stderr)  # after the ^C the terminal echoed
         return 130
+    except Terminated as exc:
+        print(f"\npace-gguf: terminated ({exc})", file=sys.stderr)
+        return 128 + exc.signum
+    except BrokenPipeError:
+        # The reader of the output went away (`pace-gguf chat ... | head`): end quietly, with the
+        # status of a Unix tool killed by SIGPIPE. stdout goes to /dev/null so that flushing it
+        # at exit does not report the broken pipe again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE
 
 
 if __name__ == "__main__":

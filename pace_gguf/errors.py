@@ -20,5 +20,10 @@ class NativeLibraryError(PaceError, RuntimeError):
     """The patched llama.cpp library is missing, or a different libllama was already loaded."""
 
 
+class ContextCreationError(PaceError, ValueError):
+    """A context llama.cpp could not create for a loaded model (usually: its KV cache, sized by
+    n_ctx, does not fit in memory)."""
+
+
 class ContextOverflowError(PaceError, ValueError):
     """Input that does not fit in the context window (never truncated silently)."""

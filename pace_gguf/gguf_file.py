@@ -9,6 +9,7 @@ milliseconds where gguf-py's pure-Python reader takes seconds).
 from __future__ import annotations
 
 import ctypes
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -47,6 +48,7 @@ def _gguf_api() -> ctypes.CDLL:
         "gguf_find_key": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
         "gguf_get_val_str": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
         "gguf_get_kv_type": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
+        "gguf_get_val_data": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int64]),
         "ggml_log_get": (None, [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]),
         "ggml_log_set": (None, [ctypes.c_void_p, ctypes.c_void_p]),
     }
@@ -62,6 +64,8 @@ def _read_magic(path: Path) -> bytes:
         raise ModelFileError(f"model file not found: {path}")
     if path.is_dir():
         raise ModelFileError(f"{path} is a folder, not a GGUF file")
+    if not path.is_file():  # a FIFO or a device: opening or reading it could block forever
+        raise ModelFileError(f"{path} is not a regular file, so it cannot be a GGUF model")
     try:
         with open(path, "rb") as f:
             return f.read(4)
@@ -75,9 +79,28 @@ def _parse_header(lib: ctypes.CDLL, path: Path) -> int:
     lib.ggml_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
     lib.ggml_log_set(ctypes.cast(_SILENT, ctypes.c_void_p), None)
     try:
-        return lib.gguf_init_from_file(str(path).encode(), _InitParams(True, None))
+        return lib.gguf_init_from_file(os.fsencode(path), _InitParams(True, None))
     finally:
         lib.ggml_log_set(old_cb, old_ud)
+
+
+# Integer GGUF types (enum gguf_type) -> ctypes, and counts llama.cpp asserts on (llama-hparams.h's
+# LLAMA_MAX_LAYERS and LLAMA_MAX_EXPERTS) instead of reporting: an assert ends the process silently.
+_INT_TYPES = {0: ctypes.c_uint8, 1: ctypes.c_int8, 2: ctypes.c_uint16, 3: ctypes.c_int16, 4: ctypes.c_uint32,
+              5: ctypes.c_int32, 10: ctypes.c_uint64, 11: ctypes.c_int64}
+_COUNT_LIMITS = {"block_count": 512, "expert_count": 1024}
+
+
+def _check_counts(lib: ctypes.CDLL, ctx, path: Path, arch: str) -> None:
+    for name, limit in _COUNT_LIMITS.items():
+        key = lib.gguf_find_key(ctx, f"{arch}.{name}".encode())
+        kind = _INT_TYPES.get(lib.gguf_get_kv_type(ctx, key)) if key >= 0 else None
+        if kind is None:
+            continue  # absent, or of another type: llama.cpp reports that itself
+        value = kind.from_address(lib.gguf_get_val_data(ctx, key)).value
+        if not 0 <= value <= limit:
+            raise ModelFileError(f"{path} is not a usable model: {arch}.{name} is {value}, "
+                                 f"llama.cpp supports at most {limit}")
 
 
 def check_gguf(path: str | Path) -> GGUFSummary:
@@ -98,6 +121,8 @@ def check_gguf(path: str | Path) -> GGUFSummary:
         key = lib.gguf_find_key(ctx, b"general.architecture")
         is_str = key >= 0 and lib.gguf_get_kv_type(ctx, key) == GGUF_TYPE_STRING  # ggml aborts on a type mismatch
         arch = lib.gguf_get_val_str(ctx, key).decode() if is_str else None
+        if arch is not None:
+            _check_counts(lib, ctx, path, arch)
     finally:
         lib.gguf_free(ctx)
     size = path.stat().st_size

@@ -16,13 +16,15 @@ The result is exactly what a new context would give; the cost is re-doing the pr
 
 from __future__ import annotations
 
+import warnings
 from typing import Union
 
 from . import amb
 from ._native import build_id, llama_cpp_module
-from .amb import LayerStats, PaceConfig
-from .errors import ContextOverflowError, ModelFileError, PaceError
+from .amb import LayerStats, PaceConfig, PaceMetadataWarning
+from .errors import ContextCreationError, ContextOverflowError, ModelFileError, PaceError
 from .gguf_file import check_gguf
+from .interrupts import deferred
 from .registry import resolve_model
 
 _llama_cpp = llama_cpp_module()
@@ -35,10 +37,24 @@ class Llama(_llama_cpp.Llama):
         path = resolve_model(model_path)
         check_gguf(path)
         try:
-            super().__init__(model_path=str(path), **kwargs)
-        except ValueError as exc:  # llama.cpp's "Failed to load model from file" / context errors
-            raise ModelFileError(f"llama.cpp could not load {path}: {exc} ({amb.last_error() or 'see its log'})") from exc
+            with deferred():  # llama.cpp logs the load through a Python callback (see interrupts)
+                super().__init__(model_path=str(path), **kwargs)
+        except UnicodeEncodeError as exc:  # llama-cpp-python passes the path on as UTF-8 text
+            raise ModelFileError(f"{path}: llama.cpp can only open file names that are valid UTF-8") from exc
+        except ValueError as exc:  # llama-cpp-python's "Failed to load model" / "Failed to create llama_context"
+            raise self._load_error(path, exc) from exc
         self.configure_pace(pace)
+
+    def _load_error(self, path, exc: ValueError) -> PaceError:
+        """Which step failed, told by how far llama-cpp-python's constructor got: no model yet means
+        the file could not be loaded; a model means its context (sized by n_ctx) could not be made."""
+        if not hasattr(self, "_model"):
+            return ModelFileError(f"llama.cpp could not load {path}: {exc} ({amb.last_error() or 'see its log'})")
+        return ContextCreationError(
+            f"llama.cpp could not create a context of {self.context_params.n_ctx} tokens for {path.name}: its KV "
+            "cache, allocated up front, probably does not fit in memory; use a smaller n_ctx (--n-ctx; the model "
+            f"was trained with {self._model.n_ctx_train()}; --verbose shows llama.cpp's reason)"
+        )
 
     # -- Activation Memory Bank --------------------------------------------------------------------
 
@@ -47,7 +63,7 @@ class Llama(_llama_cpp.Llama):
         None (the model's pace.amb.* GGUF settings; off when absent), False (off), True (the
         model's settings, switched on), a dict of changes to the model's settings, or a PaceConfig.
         """
-        base = amb.model_config(self._model.model)
+        base = self._model_pace_config(needed=pace is None or pace is True or pace == {})
         if pace is None:
             config = base
         elif pace is True or pace is False:
@@ -64,6 +80,18 @@ class Llama(_llama_cpp.Llama):
             raise amb.PaceConfigError(f"pace must be a PaceConfig, a dict, a bool or None, got {type(pace).__name__}")
         amb.set_config(self._ctx.ctx, config)
         return config
+
+    def _model_pace_config(self, needed: bool) -> PaceConfig:
+        """The model's pace.amb.* settings. Invalid ones do not make the model unusable: unless the
+        caller asked for exactly those settings (`needed`), they are replaced by the defaults (AMB
+        off) with a warning that says why."""
+        try:
+            return amb.model_config(self._model.model)
+        except amb.PaceConfigError as exc:
+            if needed:
+                raise
+            warnings.warn(f"{exc}; using the default AMB settings instead", PaceMetadataWarning, stacklevel=3)
+            return PaceConfig()
 
     @property
     def pace(self) -> PaceConfig:
@@ -96,16 +124,23 @@ class Llama(_llama_cpp.Llama):
 
     # -- llama-cpp-python overrides ----------------------------------------------------------------
 
+    @property
+    def _capacity(self) -> int:
+        # llama-cpp-python's token arrays hold the n_ctx asked for, which llama.cpp may have rounded up
+        return min(self.n_ctx(), len(self.input_ids))
+
     def eval(self, tokens) -> None:
         # llama-cpp-python would fail deep inside with a numpy broadcast error; say what happened.
-        # Its token arrays hold the n_ctx asked for, which llama.cpp may have rounded up.
-        capacity = min(self.n_ctx(), len(self.input_ids))
-        if len(tokens) > capacity - self.n_tokens:
+        if len(tokens) > self._capacity - self.n_tokens:
             raise ContextOverflowError(
-                f"{len(tokens)} tokens do not fit in the context: it holds {capacity} and {self.n_tokens} are in use; "
-                "use a larger n_ctx (--n-ctx) or a shorter input"
+                f"{len(tokens)} tokens do not fit in the context: it holds {self._capacity} and {self.n_tokens} are in "
+                "use; use a larger n_ctx (--n-ctx) or a shorter input"
             )
-        super().eval(tokens)
+        # One call per n_batch tokens, the llama_decode calls llama-cpp-python makes anyway, each
+        # with Ctrl-C held until it returns (see interrupts): a long prompt stops within a batch.
+        for start in range(0, max(len(tokens), 1), self.n_batch):
+            with deferred():
+                super().eval(tokens[start:start + self.n_batch])
 
     def create_completion(self, *args, **kwargs):
         # (chat completions go through here too) llama-cpp-python reports a prompt longer than the
@@ -120,7 +155,17 @@ class Llama(_llama_cpp.Llama):
     def generate(self, tokens, *args, **kwargs):
         if kwargs.get("reset", True) and self.amb_enabled:
             self.n_tokens = 0  # no prefix reuse: see the module docstring
-        return super().generate(tokens, *args, **kwargs)
+        n_prompt = len(tokens)
+        try:
+            yield from super().generate(tokens, *args, **kwargs)
+        except ContextOverflowError as exc:
+            if self.n_tokens < n_prompt:
+                raise  # the prompt itself did not fit
+            # the last token sampled (and already handed out) is the one that found no room
+            raise ContextOverflowError(
+                f"the answer ran out of context after {self.n_tokens - n_prompt + 1} tokens (the prompt took "
+                f"{n_prompt} of {self._capacity}); use a larger n_ctx (--n-ctx) or a smaller max_tokens (--max-tokens)"
+            ) from exc
 
     def load_state(self, state) -> None:
         try:

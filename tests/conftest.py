@@ -9,6 +9,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 @pytest.fixture(scope="session")
@@ -30,6 +31,12 @@ def pace_cli() -> list[str]:
     """The installed console script, falling back to `python -m pace_gguf` in the same env."""
     exe = Path(sys.executable).with_name("pace-gguf")
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "pace_gguf"]
+
+
+@pytest.fixture
+def cli_command() -> list[str]:
+    """The command line that starts pace-gguf (for tests that manage the process themselves)."""
+    return pace_cli()
 
 
 @pytest.fixture
@@ -70,3 +77,51 @@ def copy_file(tmp_path):
         return out
 
     return copy
+
+
+class RawContext:
+    """A llama_context with n_seq_max = 2 and the AMB on `layers`, on an already loaded model (f32 KV
+    cache), driven through llama.cpp's own batch API: llama-cpp-python's `Llama` drives one sequence."""
+
+    def __init__(self, llm, layers, n_ubatch=512, kv_unified=False):
+        from pace_gguf import _native, amb  # noqa: PLC0415
+
+        self.lc, self.amb, self.layers = _native.llama_cpp_module().llama_cpp, amb, layers
+        params = self.lc.llama_context_default_params()
+        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 512, 512, n_ubatch, 2
+        params.n_threads = params.n_threads_batch = 2
+        params.type_k = params.type_v = 0  # GGML_TYPE_F32
+        params.kv_unified = kv_unified  # needed for tokens that belong to several sequences
+        self.ctx = self.lc.llama_init_from_model(llm._model.model, params)
+        assert self.ctx
+        self.n_vocab = llm.n_vocab()
+        amb.set_config(self.ctx, amb.PaceConfig(enabled=True, layers=layers))
+
+    def decode(self, items):
+        """items: (seq_id or tuple of seq_ids, pos, token) in one batch; returns logits per item."""
+        batch = self.lc.llama_batch_init(len(items), 0, 2)
+        for i, (seqs, pos, tok) in enumerate(items):
+            seqs = seqs if isinstance(seqs, tuple) else (seqs,)
+            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, len(seqs), True
+            for k, seq in enumerate(seqs):
+                batch.seq_id[i][k] = seq
+        batch.n_tokens = len(items)
+        assert self.lc.llama_decode(self.ctx, batch) == 0
+        self.lc.llama_batch_free(batch)
+        return np.array([np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
+                         for i in range(len(items))])
+
+    def cases(self, seq, n):
+        return {il: self.amb.cases(self.ctx, il, n, seq) for il in self.layers}
+
+    def bank(self, layer, seq):
+        return self.amb.bank(self.ctx, layer, seq)
+
+    def close(self):
+        self.lc.llama_free(self.ctx)
+
+
+@pytest.fixture
+def raw_context():
+    """RawContext(llm, layers, n_ubatch=512, kv_unified=False): see the class."""
+    return RawContext

@@ -2,12 +2,10 @@
 give, and seq_cp forks a bank. Uses llama.cpp's own batch API on the real default model, because
 llama-cpp-python's `Llama` drives a single sequence."""
 
-import ctypes
-
 import numpy as np
 import pytest
 
-from pace_gguf import _native, amb
+from pace_gguf import amb
 
 pytestmark = pytest.mark.slow
 
@@ -16,39 +14,6 @@ DOCS = [
     "Lighthouses guide ships along rocky coasts, and their keepers log every passing vessel.",
     "A sourdough starter needs flour, water and patience; bakers feed it every single day.",
 ]
-
-
-class RawContext:
-    """A llama_context with n_seq_max = 2 on an already loaded model, f32 KV cache."""
-
-    def __init__(self, llm, n_ubatch=512):
-        self.lc = _native.llama_cpp_module().llama_cpp
-        params = self.lc.llama_context_default_params()
-        params.n_ctx, params.n_batch, params.n_ubatch, params.n_seq_max = 512, 512, n_ubatch, 2
-        params.n_threads = params.n_threads_batch = 2
-        params.type_k = params.type_v = 0  # GGML_TYPE_F32
-        self.ctx = self.lc.llama_init_from_model(llm._model.model, params)
-        assert self.ctx
-        self.n_vocab = llm.n_vocab()
-        amb.set_config(self.ctx, amb.PaceConfig(enabled=True, layers=LAYERS))
-
-    def decode(self, items):
-        """items: (seq_id, pos, token) triples in one batch; returns logits per item."""
-        batch = self.lc.llama_batch_init(len(items), 0, 1)
-        for i, (seq, pos, tok) in enumerate(items):
-            batch.token[i], batch.pos[i], batch.n_seq_id[i], batch.logits[i] = tok, pos, 1, True
-            batch.seq_id[i][0] = seq
-        batch.n_tokens = len(items)
-        assert self.lc.llama_decode(self.ctx, batch) == 0
-        self.lc.llama_batch_free(batch)
-        return np.array([np.ctypeslib.as_array(self.lc.llama_get_logits_ith(self.ctx, i), shape=(self.n_vocab,))
-                         for i in range(len(items))])
-
-    def cases(self, seq, n):
-        return {il: amb.cases(self.ctx, il, n, seq) for il in LAYERS}
-
-    def close(self):
-        self.lc.llama_free(self.ctx)
 
 
 @pytest.fixture(scope="module")
@@ -63,11 +28,11 @@ def docs(llm):
     return [llm.tokenize(d.encode(), add_bos=False)[:16] for d in DOCS]
 
 
-def run_separately(llm, docs, n_ubatch):
+def run_separately(raw_context, llm, docs, n_ubatch):
     """Each document alone in its own fresh context, as sequence 0, in two halves."""
     logits, cases = [], []
     for doc in docs:
-        ctx = RawContext(llm, n_ubatch)
+        ctx = raw_context(llm, LAYERS, n_ubatch)
         half = len(doc) // 2
         out = [ctx.decode([(0, p, doc[p]) for p in range(half)]), ctx.decode([(0, p, doc[p]) for p in range(half, len(doc))])]
         logits.append(np.concatenate(out))
@@ -76,9 +41,9 @@ def run_separately(llm, docs, n_ubatch):
     return logits, cases
 
 
-def test_two_sequences_in_one_batch_equal_two_separate_runs(llm, docs):
-    alone_logits, alone_cases = run_separately(llm, docs, n_ubatch=512)
-    ctx = RawContext(llm)
+def test_two_sequences_in_one_batch_equal_two_separate_runs(llm, docs, raw_context):
+    alone_logits, alone_cases = run_separately(raw_context, llm, docs, n_ubatch=512)
+    ctx = raw_context(llm, LAYERS)
     half = len(docs[0]) // 2
     together = []
     for part in (range(half), range(half, len(docs[0]))):
@@ -94,8 +59,8 @@ def test_two_sequences_in_one_batch_equal_two_separate_runs(llm, docs):
     ctx.close()
 
 
-def test_seq_cp_forks_the_bank_and_seq_rm_clears_only_its_sequence(llm, docs):
-    ctx = RawContext(llm)
+def test_seq_cp_forks_the_bank_and_seq_rm_clears_only_its_sequence(llm, docs, raw_context):
+    ctx = raw_context(llm, LAYERS)
     ctx.decode([(0, p, t) for p, t in enumerate(docs[0])])
     mem = ctx.lc.llama_get_memory(ctx.ctx)
     ctx.lc.llama_memory_seq_cp(mem, 0, 1, -1, -1)

@@ -1,6 +1,7 @@
 """Bad model files get a ModelFileError that says what is wrong, before llama.cpp sees them."""
 
 import os
+import struct
 
 import pytest
 
@@ -51,3 +52,18 @@ def test_unreadable_file(default_model_path, copy_file):
     locked.chmod(0)
     with pytest.raises(ModelFileError, match="cannot read"):
         check_gguf(locked)
+
+
+@pytest.mark.parametrize("count", [2**31, 513])
+def test_block_count_llama_cpp_would_abort_on(default_model_path, copy_file, count):
+    """llama.cpp asserts (ending the process without a word) on more than LLAMA_MAX_LAYERS layers."""
+    path = copy_file(default_model_path)
+    data = bytearray(path.read_bytes()[:1 << 20])
+    key = b"llama.block_count"
+    at = data.index(key) + len(key)
+    assert struct.unpack_from("<I", data, at)[0] == 4  # GGUF_TYPE_UINT32
+    with open(path, "r+b") as f:
+        f.seek(at + 4)
+        f.write(struct.pack("<I", count))
+    with pytest.raises(ModelFileError, match=f"block_count is {count}"):
+        check_gguf(path)

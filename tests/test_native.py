@@ -11,7 +11,7 @@ from pace_gguf import _native, paths
 def test_loaded_libllama_exports_the_pace_symbol():
     lib = _native.native_library()
     assert hasattr(lib, "llama_pace_version")
-    assert Path(_native.loaded_library_path()).parent == paths.LIB_DIR
+    assert Path(_native.loaded_library_path()).parent == paths.lib_dir()  # LIB_DIR unless PACE_GGUF_LIB_DIR is set
 
 
 def test_build_id_names_version_and_pinned_llama_cpp():

@@ -17,9 +17,6 @@ using namespace pace_amb;
 
 namespace {
 
-enum : int32_t { ST_N_PENDING = 0, ST_N_HIGH = 1, ST_N_MID = 2, ST_N_LOW = 3, ST_FLAGS = 4 };
-constexpr int32_t FLAG_PROMPT_SPAN = 1; // read the snapshot, buffer rows in pend
-
 struct amb_op {
     const ggml_tensor * a;
     const int32_t *     tok;
@@ -128,6 +125,9 @@ void buffer_rows(const amb_op & op, int seq, const std::vector<int64_t> & rows) 
     float * po = px + (int64_t) op.hp.chunk * op.n_ff;
     int32_t * st = op.state(seq);
     bank_view b = op.view(seq, false);
+    if (st[ST_N_PENDING] < 0 || st[ST_N_PENDING] >= op.hp.chunk) {
+        st[ST_N_PENDING] = 0; // never write outside pend (the host checks every state it loads)
+    }
     for (int64_t t : rows) {
         const int32_t n = st[ST_N_PENDING];
         std::memcpy(px + n * op.n_ff, op.x_row(t), op.n_ff * sizeof(float));

@@ -26,6 +26,10 @@ enum amb_mode : int32_t { MODE_CODE = 0, MODE_PAPER = 1 };
 
 constexpr float EPS = 1e-8f;
 
+// Per-sequence header of the op's `state` tensor (GGML_AMB_STATE_HEADER ints), before the case log.
+enum state_field : int32_t { ST_N_PENDING = 0, ST_N_HIGH = 1, ST_N_MID = 2, ST_N_LOW = 3, ST_FLAGS = 4 };
+constexpr int32_t FLAG_PROMPT_SPAN = 1; // read the snapshot, buffer rows in pend
+
 // Mirrors struct ggml_amb_params (ggml.h); kept separate so this header needs no ggml include.
 struct hparams {
     float   theta_high, theta_low, alpha, w_high, w_mid, lambda, momentum;
@@ -97,8 +101,14 @@ inline void top_k(const float * sims, int m, int k, int32_t * order, bool larges
     for (int i = 0; i < m; ++i) {
         order[i] = i;
     }
+    // NaN (an overflowing dot product) ranks above every number, as in torch.sort, so that the
+    // order stays a strict weak ordering.
     auto before = [&](int32_t p, int32_t q) {
-        if (sims[p] != sims[q]) {
+        const bool np = std::isnan(sims[p]), nq = std::isnan(sims[q]);
+        if (np != nq) {
+            return largest ? np : nq;
+        }
+        if (!np && sims[p] != sims[q]) {
             return largest ? sims[p] > sims[q] : sims[p] < sims[q];
         }
         return p < q;
@@ -140,6 +150,10 @@ inline int32_t retrieve_row(const hparams & hp, const bank_view & b, const int32
         return CASE_LOW;
     }
     similarities(b, slots, m, x, clamped_norm(x, n), s.sims);
+    if (!all_finite(s.sims, m)) { // overflowing dot products: the reference treats the row as low
+        std::memcpy(out, x, n * sizeof(float));
+        return CASE_LOW;
+    }
     float smax = s.sims[0];
     for (int i = 1; i < m; ++i) {
         smax = std::max(smax, s.sims[i]);

@@ -1,536 +1,282 @@
 // pace-gguf: the Activation Memory Bank of a llama_context.
 //
-// * configuration: the model's pace.amb.* GGUF keys (AMB disabled when absent), overridable per
-//   context through llama_pace_amb_set_params(); invalid values are rejected, never clamped;
+// * configuration: the model's pace.amb.* GGUF keys (AMB off when absent or invalid), overridable
+//   per context through llama_pace_amb_set_params(); invalid values are rejected, never clamped, and
+//   a reconfiguration is all or nothing;
 // * banks: one per (AMB layer, sequence), fp32, in a host buffer (the op has a CPU kernel; on a GPU
 //   build the scheduler runs it on the CPU next to its bank);
 // * graph: GGML_OP_AMB on the FFN activation of AMB layers (llama_pace_amb_build);
-// * lifecycle: reset on clear/seq_rm, deep copy on seq_cp, saved with the session state.
+// * lifecycle: sequence events arrive from the memory wrapper (pace-amb-memory.cpp).
 //
 // Partial removal (spec 6.12): the bank of a sequence remembers the range of positions it has
 // absorbed. Removing positions outside that range keeps the bank (llama-cpp-python trims the unused
 // tail before every eval); removing or shifting any position inside it resets the bank, because a
 // bank cannot "un-store" rows. Such resets are counted (stats.n_invalidations) and logged.
-#include "pace-amb.h"
+//
+// Tokens in several sequences: such a token reads and feeds the bank of its first sequence; at the
+// end of the decode, every other sequence whose tokens in that decode were all shared with that
+// first sequence gets a copy of its bank (as seq_cp would give), and one that also had tokens of its
+// own is invalidated. The copy is exact when the banks were equal before the decode, e.g. a prompt
+// decoded once for several parallel sequences from an empty context.
+#include "pace-amb-impl.h"
 
 #include "llama-context.h"
 #include "llama-graph.h"
 #include "llama-impl.h"
-#include "llama-io.h"
 #include "llama-model.h"
-#include "pace-amb-math.h"
 
 #include "ggml-backend.h"
-#include "ggml-cpp.h"
 
 #include <algorithm>
-#include <cmath>
+#include <cstdio>
 #include <cstring>
 #include <limits>
-#include <mutex>
-#include <sstream>
 #include <stdexcept>
-#include <string>
-#include <unordered_map>
-#include <vector>
+
+using namespace pace_amb;
 
 namespace {
-
-constexpr uint32_t STATE_MAGIC   = 0x424d4150; // "PAMB"
-constexpr uint32_t STATE_VERSION = 1;
-constexpr int32_t  MAX_BANK_SIZE = 4096;
-constexpr int32_t  MAX_CHUNK     = 65536;
-
-enum : int32_t { ST_N_PENDING = 0, ST_N_HIGH = 1, ST_N_MID = 2, ST_N_LOW = 3, ST_FLAGS = 4 };
-constexpr int32_t FLAG_PROMPT_SPAN = 1;
 
 thread_local std::string g_last_error;
 
-// ---- configuration -------------------------------------------------------------------------------
-
-llama_pace_amb_params default_params() {
-    llama_pace_amb_params p = {};
-    p.enabled     = false;
-    p.mode        = LLAMA_PACE_AMB_MODE_CODE;
-    p.granularity = LLAMA_PACE_AMB_GRANULARITY_UBATCH;
-    p.bank_size   = 100;
-    p.topk        = 5;
-    p.negk        = 2;
-    p.store_topk  = 5;
-    p.chunk       = 1024;
-    p.theta_high  = 0.75f;
-    p.theta_low   = 0.25f;
-    p.alpha       = 0.2f;
-    p.w_high      = 1.0f;
-    p.w_mid       = 0.5f;
-    p.lambda      = 0.1f;
-    p.momentum    = 0.5f;
-    p.n_layers    = 0;
-    return p;
-}
-
-// Empty string when valid, else what is wrong (naming the parameter).
-std::string validate(const llama_pace_amb_params & p, uint32_t n_layer) {
-    std::ostringstream err;
-    auto unit = [&](const char * name, float v) {
-        if (!(std::isfinite(v) && v >= 0.0f && v <= 1.0f)) {
-            err << name << " must be in [0, 1], got " << v;
-        }
-    };
-    if (p.mode != LLAMA_PACE_AMB_MODE_CODE && p.mode != LLAMA_PACE_AMB_MODE_PAPER) {
-        err << "mode must be 0 (code) or 1 (paper), got " << p.mode;
-    } else if (p.granularity != LLAMA_PACE_AMB_GRANULARITY_UBATCH && p.granularity != LLAMA_PACE_AMB_GRANULARITY_PROMPT) {
-        err << "granularity must be 0 (ubatch) or 1 (prompt), got " << p.granularity;
-    } else if (p.bank_size < 1 || p.bank_size > MAX_BANK_SIZE) {
-        err << "bank_size must be in [1, " << MAX_BANK_SIZE << "], got " << p.bank_size;
-    } else if (p.topk < 1 || p.store_topk < 1 || p.negk < 0) {
-        err << "topk and store_topk must be >= 1 and negk >= 0, got " << p.topk << ", " << p.store_topk << ", " << p.negk;
-    } else if (p.chunk < 1 || p.chunk > MAX_CHUNK) {
-        err << "chunk must be in [1, " << MAX_CHUNK << "], got " << p.chunk;
-    } else if (p.n_layers < 0 || p.n_layers > LLAMA_PACE_MAX_LAYERS) {
-        err << "n_layers must be in [0, " << LLAMA_PACE_MAX_LAYERS << "], got " << p.n_layers;
-    } else if (p.enabled && p.n_layers == 0) {
-        err << "AMB is enabled but no layers are given";
-    }
-    if (err.tellp() == 0) { unit("theta_high", p.theta_high); }
-    if (err.tellp() == 0) { unit("theta_low", p.theta_low); }
-    if (err.tellp() == 0) { unit("alpha", p.alpha); }
-    if (err.tellp() == 0) { unit("momentum", p.momentum); }
-    if (err.tellp() == 0 && p.theta_low > p.theta_high) {
-        err << "theta_low (" << p.theta_low << ") must be <= theta_high (" << p.theta_high << ")";
-    }
-    if (err.tellp() == 0 && !(std::isfinite(p.w_high) && std::isfinite(p.w_mid) && std::isfinite(p.lambda))) {
-        err << "w_high, w_mid and lambda must be finite";
-    }
-    for (int32_t i = 0; err.tellp() == 0 && i < p.n_layers; ++i) {
-        if (p.layers[i] < 0 || (uint32_t) p.layers[i] >= n_layer) {
-            err << "layer " << p.layers[i] << " is out of range: the model has layers 0.." << n_layer - 1;
-        }
-        for (int32_t j = 0; err.tellp() == 0 && j < i; ++j) {
-            if (p.layers[j] == p.layers[i]) {
-                err << "layer " << p.layers[i] << " is listed twice";
-            }
-        }
-    }
-    return err.str();
-}
-
-// GGUF values arrive as llama.cpp's string rendering of the key (numbers, "true", "[12, 26]").
-struct gguf_reader {
-    const llama_model & model;
-
-    const std::string * find(const char * key) const {
-        auto it = model.gguf_kv.find(key);
-        return it == model.gguf_kv.end() ? nullptr : &it->second;
-    }
-    [[noreturn]] void fail(const char * key, const std::string & value, const char * want) const {
-        throw std::runtime_error(std::string("invalid GGUF key ") + key + " = '" + value + "': expected " + want);
-    }
-    void get_bool(const char * key, bool & out) const {
-        if (const auto * v = find(key)) {
-            if (*v == "true" || *v == "1") { out = true; } else if (*v == "false" || *v == "0") { out = false; } else { fail(key, *v, "a bool"); }
-        }
-    }
-    void get_int(const char * key, int32_t & out) const {
-        if (const auto * v = find(key)) {
-            char * end = nullptr;
-            const long x = std::strtol(v->c_str(), &end, 10);
-            if (v->empty() || *end != '\0') { fail(key, *v, "an integer"); }
-            out = (int32_t) x;
-        }
-    }
-    void get_float(const char * key, float & out) const {
-        if (const auto * v = find(key)) {
-            char * end = nullptr;
-            const float x = std::strtof(v->c_str(), &end);
-            if (v->empty() || *end != '\0') { fail(key, *v, "a number"); }
-            out = x;
-        }
-    }
-    void get_choice(const char * key, int32_t & out, const char * a, const char * b) const {
-        if (const auto * v = find(key)) {
-            if (*v == a) { out = 0; } else if (*v == b) { out = 1; } else { fail(key, *v, (std::string(a) + " or " + b).c_str()); }
-        }
-    }
-    void get_layers(const char * key, llama_pace_amb_params & p) const {
-        const auto * v = find(key);
-        if (!v) {
-            return;
-        }
-        if (v->size() < 2 || v->front() != '[' || v->back() != ']') { fail(key, *v, "an array of layer indices"); }
-        std::string body = v->substr(1, v->size() - 2);
-        std::replace(body.begin(), body.end(), ',', ' ');
-        std::istringstream in(body);
-        p.n_layers = 0;
-        long x;
-        while (in >> x) {
-            if (p.n_layers == LLAMA_PACE_MAX_LAYERS) { fail(key, *v, "at most LLAMA_PACE_MAX_LAYERS layers"); }
-            p.layers[p.n_layers++] = (int32_t) x;
-        }
-        if (!in.eof()) { fail(key, *v, "an array of layer indices"); }
-    }
-};
-
-llama_pace_amb_params params_from_gguf(const llama_model & model) {
-    llama_pace_amb_params p = default_params();
-    const gguf_reader r{model};
-    r.get_bool  ("pace.amb.enabled",     p.enabled);
-    r.get_layers("pace.amb.layers",      p);
-    r.get_int   ("pace.amb.bank_size",   p.bank_size);
-    r.get_int   ("pace.amb.topk",        p.topk);
-    r.get_int   ("pace.amb.negk",        p.negk);
-    r.get_int   ("pace.amb.store_topk",  p.store_topk);
-    r.get_int   ("pace.amb.chunk",       p.chunk);
-    r.get_float ("pace.amb.theta_high",  p.theta_high);
-    r.get_float ("pace.amb.theta_low",   p.theta_low);
-    r.get_float ("pace.amb.alpha",       p.alpha);
-    r.get_float ("pace.amb.w_high",      p.w_high);
-    r.get_float ("pace.amb.w_mid",       p.w_mid);
-    r.get_float ("pace.amb.lambda",      p.lambda);
-    r.get_float ("pace.amb.momentum",    p.momentum);
-    r.get_choice("pace.amb.mode",        p.mode, "code", "paper");
-    r.get_choice("pace.amb.granularity", p.granularity, "ubatch", "prompt");
-    const std::string err = validate(p, model.hparams.n_layer());
-    if (!err.empty()) {
-        throw std::runtime_error("invalid pace.amb.* metadata in the model: " + err);
-    }
-    return p;
-}
-
-// ---- sequence events: the registry from memory module to bank owner -------------------------------
-
-std::mutex g_registry_mutex;
-std::unordered_map<llama_memory_t, llama_pace_amb *> g_registry;
-
 } // namespace
+
+void llama_pace_set_error(const std::string & msg) {
+    g_last_error = msg;
+}
 
 // ---- the bank owner --------------------------------------------------------------------------------
 
-struct amb_layer {
-    int32_t     il;
-    int64_t     n_ff;
-    ggml_tensor * bank      = nullptr; // f32 [n_ff, 2M, S]
-    ggml_tensor * meta      = nullptr; // f32 [3M, S]
-    ggml_tensor * state     = nullptr; // i32 [HEADER + n_pos, S]
-    ggml_tensor * snap      = nullptr; // prompt granularity only
-    ggml_tensor * snap_meta = nullptr;
-    ggml_tensor * pend      = nullptr; // f32 [n_ff, 2*chunk, S], prompt granularity only
-};
+llama_pace_amb::llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32_t n_pos) :
+    model(model), n_seq(n_seq), n_pos(n_pos), seqs(n_seq), shared_with(n_seq, -1), has_own(n_seq, 0) {
+    banks.params = llama_pace_amb_defaults();
+    banks.layer_index.assign(model.hparams.n_layer(), -1);
+}
 
-struct llama_pace_amb {
-    const llama_model & model;
-    llama_memory_t      memory;
-    uint32_t            n_seq;
-    uint32_t            n_pos;
+pace_amb::hparams llama_pace_amb::hparams() const {
+    const auto & p = banks.params;
+    return {p.theta_high, p.theta_low, p.alpha, p.w_high, p.w_mid, p.lambda, p.momentum,
+            p.topk, p.negk, p.store_topk, p.chunk, p.mode};
+}
 
-    llama_pace_amb_params      params;
-    std::vector<amb_layer>     layers;      // ascending il
-    std::vector<int32_t>       layer_index; // il -> index in layers, or -1
-    ggml_context_ptr           ctx;
-    ggml_backend_buffer_ptr    buf;
-    uint64_t                   generation = 0;
-    bool                       prompt_span_open = false;
-
-    struct seq_info {
-        llama_pos pos_min = -1; // range of positions absorbed by the bank since its last reset
-        llama_pos pos_max = -1;
-        int32_t   n_invalidations = 0;
-        bool empty() const { return pos_max < 0; }
-    };
-    std::vector<seq_info> seqs;
-
-    llama_pace_amb(const llama_model & model, llama_memory_t memory, uint32_t n_seq, uint32_t n_pos) :
-        model(model), memory(memory), n_seq(n_seq), n_pos(n_pos), seqs(n_seq) {}
-
-    pace_amb::hparams hparams() const {
-        const auto & p = params;
-        return {p.theta_high, p.theta_low, p.alpha, p.w_high, p.w_mid, p.lambda, p.momentum,
-                p.topk, p.negk, p.store_topk, p.chunk, p.mode};
-    }
-
-    const amb_layer * layer(int32_t il) const {
-        return il >= 0 && il < (int32_t) layer_index.size() && layer_index[il] >= 0 ? &layers[layer_index[il]] : nullptr;
-    }
-
-    void configure(const llama_pace_amb_params & p) {
-        params = p;
-        layers.clear();
-        buf.reset();
-        ctx.reset();
-        layer_index.assign(model.hparams.n_layer(), -1);
-        seqs.assign(n_seq, seq_info{});
-        prompt_span_open = false;
-        ++generation;
-        if (!p.enabled) {
-            return;
-        }
-        std::vector<int32_t> ils(p.layers, p.layers + p.n_layers);
-        std::sort(ils.begin(), ils.end());
-        for (int32_t il : ils) {
-            layer_index[il] = (int32_t) layers.size();
-            layers.push_back(amb_layer{il, (int64_t) model.hparams.n_ff(il)});
-        }
-        allocate();
-    }
-
-    void allocate() {
-        const bool prompt = params.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT;
-        ggml_init_params ip = {ggml_tensor_overhead() * 6 * layers.size() + 1024, nullptr, true};
-        ctx.reset(ggml_init(ip));
-        const int64_t M = params.bank_size, S = n_seq;
-        for (auto & l : layers) {
-            l.bank  = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, l.n_ff, 2 * M, S);
-            l.meta  = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, 3 * M, S);
-            l.state = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_I32, GGML_AMB_STATE_HEADER + n_pos, S);
-            ggml_format_name(l.bank, "pace_amb_bank-%d", l.il);
-            ggml_format_name(l.meta, "pace_amb_meta-%d", l.il);
-            ggml_format_name(l.state, "pace_amb_state-%d", l.il);
-            if (prompt) {
-                l.snap      = ggml_dup_tensor(ctx.get(), l.bank);
-                l.snap_meta = ggml_dup_tensor(ctx.get(), l.meta);
-                l.pend      = ggml_new_tensor_3d(ctx.get(), GGML_TYPE_F32, l.n_ff, 2 * (int64_t) params.chunk, S);
-            }
-        }
-        // Host memory: the op's kernel is the CPU one, which updates the bank in place.
-        ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-        buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(ctx.get(), ggml_backend_dev_buffer_type(cpu)));
-        if (!buf) {
-            throw std::runtime_error("failed to allocate the activation memory bank");
-        }
-        ggml_backend_buffer_clear(buf.get(), 0);
-        LLAMA_LOG_INFO("%s: pace AMB on %zu layer(s), bank %d x %d seq(s), %.2f MiB\n", __func__, layers.size(),
-                params.bank_size, n_seq, ggml_backend_buffer_get_size(buf.get()) / 1024.0 / 1024.0);
-    }
-
-    size_t memory_size() const { return buf ? ggml_backend_buffer_get_size(buf.get()) : 0; }
-
-    bool valid_seq(llama_seq_id s) const { return s >= 0 && (uint32_t) s < n_seq; }
-
-    // Bytes of one sequence's part of a per-sequence tensor (the sequence is always the last dim).
-    size_t seq_bytes(const ggml_tensor * t) const { return ggml_nbytes(t) / n_seq; }
-
-    void clear_slice(ggml_tensor * t, llama_seq_id s) const {
-        if (t) {
-            ggml_backend_tensor_memset(t, 0, seq_bytes(t) * s, seq_bytes(t));
-        }
-    }
-    void copy_slice(ggml_tensor * t, llama_seq_id src, llama_seq_id dst) const {
-        if (t) {
-            std::memmove((char *) t->data + seq_bytes(t) * dst, (const char *) t->data + seq_bytes(t) * src, seq_bytes(t));
-        }
-    }
-
-    void reset(llama_seq_id s) {
-        if (s < 0) {
-            for (uint32_t i = 0; i < n_seq; ++i) {
-                reset((llama_seq_id) i);
-            }
-            return;
-        }
-        if (!valid_seq(s)) {
-            return;
-        }
-        for (auto & l : layers) {
-            for (ggml_tensor * t : {l.bank, l.meta, l.state, l.snap, l.snap_meta, l.pend}) {
-                clear_slice(t, s);
-            }
-        }
-        const int32_t inv = seqs[s].n_invalidations;
-        seqs[s] = seq_info{};
-        seqs[s].n_invalidations = inv;
-    }
-
-    void invalidate(llama_seq_id s, const char * why) {
-        if (!valid_seq(s) || seqs[s].empty()) {
-            return;
-        }
-        LLAMA_LOG_INFO("%s: pace AMB bank of seq %d reset: %s touched positions it had absorbed [%d, %d]\n",
-                __func__, s, why, seqs[s].pos_min, seqs[s].pos_max);
-        const int32_t inv = seqs[s].n_invalidations + 1;
-        reset(s);
-        seqs[s].n_invalidations = inv;
-    }
-
-    void note_position(llama_seq_id s, llama_pos pos) {
-        if (valid_seq(s)) {
-            auto & si = seqs[s];
-            si.pos_min = si.empty() ? pos : std::min(si.pos_min, pos);
-            si.pos_max = std::max(si.pos_max, pos);
-        }
-    }
-
-    int32_t * state_of(const amb_layer & l, llama_seq_id s) const {
-        return (int32_t *) ((char *) l.state->data + s * l.state->nb[1]);
-    }
-
-    pace_amb::bank_view view(const amb_layer & l, llama_seq_id s) const {
-        float * k = (float *) ((char *) l.bank->data + s * l.bank->nb[2]);
-        float * m = (float *) ((char *) l.meta->data + s * l.meta->nb[1]);
-        const int32_t M = params.bank_size;
-        return {l.n_ff, M, k, k + (int64_t) M * l.n_ff, m, m + M, m + 2 * M};
-    }
-
-    // Prompt granularity: store the rows a multi-ubatch decode left in the pending buffers.
-    void flush_pending() {
-        const auto hp = hparams();
-        for (auto & l : layers) {
-            for (uint32_t s = 0; s < n_seq; ++s) {
-                int32_t * st = state_of(l, s);
-                const int32_t n = st[ST_N_PENDING];
-                if (n > 0) {
-                    const float * px = (const float *) ((const char *) l.pend->data + s * l.pend->nb[2]);
-                    const float * po = px + (int64_t) params.chunk * l.n_ff;
-                    std::vector<const float *> X(n), O(n);
-                    for (int32_t i = 0; i < n; ++i) {
-                        X[i] = px + i * l.n_ff;
-                        O[i] = po + i * l.n_ff;
-                    }
-                    auto b = view(l, s);
-                    pace_amb::store_rows(hp, b, X.data(), O.data(), n);
-                }
-                st[ST_N_PENDING] = 0;
-                st[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
-            }
-        }
-        prompt_span_open = false;
-    }
-};
-
-// ---- graph -------------------------------------------------------------------------------------------
+const amb_layer * llama_pace_amb::layer(int32_t il) const {
+    const auto & idx = banks.layer_index;
+    return il >= 0 && il < (int32_t) idx.size() && idx[il] >= 0 ? &banks.layers[idx[il]] : nullptr;
+}
 
 namespace {
 
-// Per-row bank index (the sequence id, or -1 for ids beyond the context's n_seq_max) and position.
-// A row is a token of the ubatch, except after llama.cpp has kept only the output tokens (the last
-// layer's FFN runs on those alone, in ubatch order, as llm_graph_input_out_ids selects them).
-class llm_graph_input_pace_amb : public llm_graph_input_i {
-public:
-    llm_graph_input_pace_amb(llama_pace_amb * amb, ggml_tensor * tokens) : amb(amb), tokens(tokens) {}
-
-    void set_input(const llama_ubatch * ubatch) override {
-        const int64_t n_rows = tokens->ne[1];
-        const bool outputs_only = n_rows < (int64_t) ubatch->n_tokens;
-        std::vector<int32_t> data;
-        data.reserve(2 * n_rows);
-        for (uint32_t i = 0; i < ubatch->n_tokens && (int64_t) data.size() < 2 * n_rows; ++i) {
-            if (outputs_only && !ubatch->output[i]) {
-                continue;
-            }
-            const llama_seq_id s = ubatch->seq_id[i][0];
-            data.push_back(amb->valid_seq(s) ? s : -1);
-            data.push_back(ubatch->pos[i]);
-            amb->note_position(s, ubatch->pos[i]);
+// Allocates zeroed banks for `p` (already validated); throws if the memory is not there.
+amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & model, uint32_t n_seq, uint32_t n_pos) {
+    amb_banks nb;
+    nb.params = p;
+    nb.layer_index.assign(model.hparams.n_layer(), -1);
+    if (!p.enabled) {
+        return nb;
+    }
+    std::vector<int32_t> ils(p.layers, p.layers + p.n_layers);
+    std::sort(ils.begin(), ils.end());
+    for (int32_t il : ils) {
+        nb.layer_index[il] = (int32_t) nb.layers.size();
+        nb.layers.push_back(amb_layer{il, (int64_t) model.hparams.n_ff(il)});
+    }
+    const bool prompt = p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT;
+    ggml_init_params ip = {ggml_tensor_overhead() * 6 * nb.layers.size() + 1024, nullptr, true};
+    nb.ctx.reset(ggml_init(ip));
+    if (!nb.ctx) {
+        throw std::runtime_error("failed to create the AMB tensor context");
+    }
+    const int64_t M = p.bank_size, S = n_seq;
+    for (auto & l : nb.layers) {
+        l.bank  = ggml_new_tensor_3d(nb.ctx.get(), GGML_TYPE_F32, l.n_ff, 2 * M, S);
+        l.meta  = ggml_new_tensor_2d(nb.ctx.get(), GGML_TYPE_F32, 3 * M, S);
+        l.state = ggml_new_tensor_2d(nb.ctx.get(), GGML_TYPE_I32, GGML_AMB_STATE_HEADER + (int64_t) n_pos, S);
+        ggml_format_name(l.bank, "pace_amb_bank-%d", l.il);
+        ggml_format_name(l.meta, "pace_amb_meta-%d", l.il);
+        ggml_format_name(l.state, "pace_amb_state-%d", l.il);
+        if (prompt) {
+            l.snap      = ggml_dup_tensor(nb.ctx.get(), l.bank);
+            l.snap_meta = ggml_dup_tensor(nb.ctx.get(), l.meta);
+            l.pend      = ggml_new_tensor_3d(nb.ctx.get(), GGML_TYPE_F32, l.n_ff, 2 * (int64_t) p.chunk, S);
         }
-        GGML_ASSERT((int64_t) data.size() == 2 * n_rows);
-        ggml_backend_tensor_set(tokens, data.data(), 0, data.size() * sizeof(int32_t));
     }
-
-    bool can_reuse(const llm_graph_params & params) override {
-        // rows == tokens, or rows == outputs (last layer); a changed count needs a new graph
-        return tokens->ne[1] == (int64_t) params.ubatch.n_tokens || tokens->ne[1] == (int64_t) params.n_outputs;
+    // Host memory: the op's kernel is the CPU one, which updates the bank in place.
+    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
+    nb.buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(nb.ctx.get(), ggml_backend_dev_buffer_type(cpu)));
+    if (!nb.buf) {
+        throw std::runtime_error(format("failed to allocate the activation memory bank (%d slots x %u sequence(s) on %zu layer(s))",
+                                        p.bank_size, n_seq, nb.layers.size()));
     }
-
-private:
-    llama_pace_amb * amb;
-    ggml_tensor *    tokens;
-};
+    ggml_backend_buffer_clear(nb.buf.get(), 0);
+    LLAMA_LOG_INFO("%s: pace AMB on %zu layer(s), bank %d x %u seq(s), %.2f MiB\n", __func__, nb.layers.size(),
+                   p.bank_size, n_seq, ggml_backend_buffer_get_size(nb.buf.get()) / 1024.0 / 1024.0);
+    return nb;
+}
 
 } // namespace
 
-ggml_tensor * llama_pace_amb_build(llama_pace_amb * amb, ggml_context * ctx0, llm_graph_result * res, ggml_tensor * cur, int il) {
-    const amb_layer * l = amb ? amb->layer(il) : nullptr;
-    if (!l) {
-        return cur;
+void llama_pace_amb::configure(const llama_pace_amb_params & p) {
+    std::string err = llama_pace_amb_check(p, model.hparams.n_layer());
+    if (err.empty()) {
+        err = llama_pace_amb_check_arch(p, model);
     }
-    GGML_ASSERT(cur->ne[0] == l->n_ff && "AMB layer activation width differs from the model's n_ff");
-    ggml_tensor * tokens = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, 2, cur->ne[1]);
-    ggml_set_input(tokens);
-    ggml_format_name(tokens, "pace_amb_tokens-%d", il);
-    res->add_input(std::make_unique<llm_graph_input_pace_amb>(amb, tokens));
-
-    const auto hp = amb->hparams();
-    const ggml_amb_params op = {hp.theta_high, hp.theta_low, hp.alpha, hp.w_high, hp.w_mid, hp.lambda, hp.momentum,
-                                hp.topk, hp.negk, hp.store_topk, hp.chunk, hp.mode};
-    ggml_tensor * a = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx0, cur);
-    ggml_tensor * out = ggml_amb(ctx0, a, tokens, l->bank, l->meta, l->state,
-                                 l->snap, l->snap_meta, l->pend, op);
-    ggml_format_name(out, "ffn_amb-%d", il);
-    return out;
+    if (!err.empty()) {
+        throw std::runtime_error("invalid AMB parameters: " + err);
+    }
+    amb_banks fresh = allocate_banks(p, model, n_seq, n_pos); // throws before anything changed
+    std::swap(banks, fresh);
+    seqs.assign(n_seq, seq_info{});
+    prompt_span_open = false;
+    ++generation;
 }
 
-uint64_t llama_pace_amb_graph_key(const llama_pace_amb * amb) {
-    return amb ? amb->generation : 0;
+size_t llama_pace_amb::memory_size() const {
+    return banks.buf ? ggml_backend_buffer_get_size(banks.buf.get()) : 0;
 }
 
-// ---- lifecycle -----------------------------------------------------------------------------------------
-
-llama_pace_amb * llama_pace_amb_init(const llama_model & model, const llama_cparams & cparams, llama_memory_t memory) {
-    g_last_error.clear();
-    auto amb = std::make_unique<llama_pace_amb>(model, memory, std::max(1u, cparams.n_seq_max), cparams.n_ctx);
-    try {
-        amb->configure(params_from_gguf(model));
-    } catch (const std::exception & e) {
-        g_last_error = e.what(); // the context is not created; Python reads why through llama_pace_last_error
-        throw;
-    }
-    if (memory) {
-        std::lock_guard<std::mutex> lock(g_registry_mutex);
-        g_registry[memory] = amb.get();
-    }
-    return amb.release();
+size_t llama_pace_amb::seq_bytes(const ggml_tensor * t) const {
+    return ggml_nbytes(t) / n_seq; // the sequence is always the last dimension
 }
 
-void llama_pace_amb_free(llama_pace_amb * amb) {
-    if (!amb) {
+int32_t * llama_pace_amb::state_of(const amb_layer & l, llama_seq_id s) const {
+    return (int32_t *) ((char *) l.state->data + s * l.state->nb[1]);
+}
+
+pace_amb::bank_view llama_pace_amb::view(const amb_layer & l, llama_seq_id s) const {
+    float * k = (float *) ((char *) l.bank->data + s * l.bank->nb[2]);
+    float * m = (float *) ((char *) l.meta->data + s * l.meta->nb[1]);
+    const int32_t M = banks.params.bank_size;
+    return {l.n_ff, M, k, k + (int64_t) M * l.n_ff, m, m + M, m + 2 * M};
+}
+
+void llama_pace_amb::reset(llama_seq_id s) {
+    if (s < 0) {
+        for (uint32_t i = 0; i < n_seq; ++i) {
+            reset((llama_seq_id) i);
+        }
         return;
     }
-    {
-        std::lock_guard<std::mutex> lock(g_registry_mutex);
-        auto it = g_registry.find(amb->memory);
-        if (it != g_registry.end() && it->second == amb) {
-            g_registry.erase(it);
+    if (!valid_seq(s)) {
+        return;
+    }
+    for (auto & l : banks.layers) {
+        for (ggml_tensor * t : {l.bank, l.meta, l.state, l.snap, l.snap_meta, l.pend}) {
+            if (t) {
+                std::memset((char *) t->data + seq_bytes(t) * s, 0, seq_bytes(t));
+            }
         }
     }
-    delete amb;
+    const int32_t inv = seqs[s].n_invalidations;
+    seqs[s] = seq_info{};
+    seqs[s].n_invalidations = inv;
 }
 
-void llama_pace_amb_decode_begin(llama_pace_amb * amb, uint32_t n_tokens, uint32_t n_ubatch) {
-    if (!amb || amb->layers.empty()) {
+void llama_pace_amb::invalidate(llama_seq_id s, const char * why) {
+    if (!valid_seq(s) || seqs[s].empty()) {
         return;
     }
-    if (amb->prompt_span_open) {
-        amb->flush_pending(); // a previous decode ended early (abort/failure)
-    }
-    const bool span = amb->params.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT && n_tokens > n_ubatch;
-    if (!span) {
-        return;
-    }
-    // Every ubatch of this batch retrieves against the banks as they are now.
-    for (auto & l : amb->layers) {
-        std::memcpy(l.snap->data, l.bank->data, ggml_nbytes(l.bank));
-        std::memcpy(l.snap_meta->data, l.meta->data, ggml_nbytes(l.meta));
-        for (uint32_t s = 0; s < amb->n_seq; ++s) {
-            amb->state_of(l, s)[ST_FLAGS] |= FLAG_PROMPT_SPAN;
+    LLAMA_LOG_INFO("%s: pace AMB bank of seq %d reset: %s touched positions it had absorbed [%d, %d]\n",
+                   __func__, s, why, seqs[s].pos_min, seqs[s].pos_max);
+    const int32_t inv = seqs[s].n_invalidations + 1;
+    reset(s);
+    seqs[s].n_invalidations = inv;
+}
+
+void llama_pace_amb::copy_seq(llama_seq_id src, llama_seq_id dst) {
+    for (auto & l : banks.layers) {
+        for (ggml_tensor * t : {l.bank, l.meta, l.state}) {
+            std::memmove((char *) t->data + seq_bytes(t) * dst, (const char *) t->data + seq_bytes(t) * src, seq_bytes(t));
         }
     }
-    amb->prompt_span_open = true;
+    const int32_t inv = seqs[dst].n_invalidations;
+    seqs[dst] = seqs[src];
+    seqs[dst].n_invalidations = inv;
 }
 
-void llama_pace_amb_decode_end(llama_pace_amb * amb) {
-    if (amb && amb->prompt_span_open) {
-        amb->flush_pending();
+void llama_pace_amb::note_token(const llama_seq_id * seq_ids, int32_t n_seq_id, llama_pos pos) {
+    const llama_seq_id first = seq_ids[0];
+    if (valid_seq(first)) {
+        auto & si = seqs[first];
+        si.pos_min = si.empty() ? pos : std::min(si.pos_min, pos);
+        si.pos_max = std::max(si.pos_max, pos);
+        has_own[first] = 1;
+    }
+    for (int32_t k = 1; k < n_seq_id; ++k) {
+        const llama_seq_id s = seq_ids[k];
+        if (valid_seq(s) && s != first) {
+            // a second "first sequence" cannot be honoured: the sequence then counts as having its own tokens
+            if (shared_with[s] >= 0 && shared_with[s] != first) {
+                has_own[s] = 1;
+            }
+            shared_with[s] = first;
+            any_shared = true;
+        }
     }
 }
 
-// ---- sequence events ---------------------------------------------------------------------------------
+void llama_pace_amb::apply_shared() {
+    if (any_shared) {
+        for (uint32_t s = 0; s < n_seq; ++s) {
+            const llama_seq_id src = shared_with[s];
+            if (src < 0) {
+                continue;
+            }
+            if (has_own[s]) {
+                invalidate((llama_seq_id) s, "tokens shared with another sequence");
+            } else {
+                copy_seq(src, (llama_seq_id) s);
+            }
+        }
+    }
+    std::fill(shared_with.begin(), shared_with.end(), -1);
+    std::fill(has_own.begin(), has_own.end(), 0);
+    any_shared = false;
+}
+
+// Prompt granularity: store the rows a multi-ubatch decode left in the pending buffers.
+void llama_pace_amb::flush_pending() {
+    const auto hp = hparams();
+    for (auto & l : banks.layers) {
+        for (uint32_t s = 0; s < n_seq; ++s) {
+            int32_t * st = state_of(l, s);
+            const int32_t n = st[ST_N_PENDING];
+            GGML_ASSERT(n >= 0 && n < hp.chunk); // the kernel stores every full chunk; loaded states are checked
+            if (n > 0) {
+                const float * px = (const float *) ((const char *) l.pend->data + s * l.pend->nb[2]);
+                const float * po = px + (int64_t) hp.chunk * l.n_ff;
+                std::vector<const float *> X(n), O(n);
+                for (int32_t i = 0; i < n; ++i) {
+                    X[i] = px + i * l.n_ff;
+                    O[i] = po + i * l.n_ff;
+                }
+                auto b = view(l, s);
+                store_rows(hp, b, X.data(), O.data(), n);
+            }
+            st[ST_N_PENDING] = 0;
+            st[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
+        }
+    }
+    prompt_span_open = false;
+}
+
+// A decode that failed or was aborted: its buffered rows belong to tokens llama.cpp rolled back.
+void llama_pace_amb::drop_pending() {
+    for (auto & l : banks.layers) {
+        for (uint32_t s = 0; s < n_seq; ++s) {
+            int32_t * st = state_of(l, s);
+            st[ST_N_PENDING] = 0;
+            st[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
+        }
+    }
+    prompt_span_open = false;
+    std::fill(shared_with.begin(), shared_with.end(), -1);
+    std::fill(has_own.begin(), has_own.end(), 0);
+    any_shared = false;
+}
+
+// ---- sequence events -------------------------------------------------------------------------------
 
 namespace {
-
-llama_pace_amb * amb_of(llama_memory_t mem) {
-    std::lock_guard<std::mutex> lock(g_registry_mutex);
-    auto it = g_registry.find(mem);
-    return it == g_registry.end() || it->second->layers.empty() ? nullptr : it->second;
-}
 
 // Which of the bank's absorbed positions [pos_min, pos_max] the range [p0, p1) covers.
 enum class overlap { none, all, part };
@@ -548,8 +294,8 @@ overlap range_overlap(const llama_pace_amb::seq_info & si, llama_pos p0, llama_p
 }
 
 template <typename F>
-void for_seqs(llama_pace_amb * amb, llama_seq_id seq_id, F f) {
-    for (uint32_t s = 0; s < amb->n_seq; ++s) {
+void for_seqs(const llama_pace_amb & amb, llama_seq_id seq_id, F f) {
+    for (uint32_t s = 0; s < amb.n_seq; ++s) {
         if (seq_id < 0 || (uint32_t) seq_id == s) {
             f((llama_seq_id) s);
         }
@@ -558,193 +304,209 @@ void for_seqs(llama_pace_amb * amb, llama_seq_id seq_id, F f) {
 
 } // namespace
 
-void llama_pace_amb_on_clear(llama_memory_t mem) {
-    if (auto * amb = amb_of(mem)) {
-        amb->reset(-1);
-    }
+void llama_pace_amb::on_clear() {
+    reset(-1);
 }
 
-void llama_pace_amb_on_seq_rm(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
-    auto * amb = amb_of(mem);
-    if (!amb) {
-        return;
-    }
-    for_seqs(amb, seq_id, [&](llama_seq_id s) {
-        switch (range_overlap(amb->seqs[s], p0, p1)) {
+void llama_pace_amb::on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
+    for_seqs(*this, seq_id, [&](llama_seq_id s) {
+        switch (range_overlap(seqs[s], p0, p1)) {
             case overlap::none: break;
-            case overlap::all:  amb->reset(s); break;
-            case overlap::part: amb->invalidate(s, "seq_rm"); break;
+            case overlap::all:  reset(s); break;
+            case overlap::part: invalidate(s, "seq_rm"); break;
         }
     });
 }
 
-void llama_pace_amb_on_seq_cp(llama_memory_t mem, llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1) {
-    auto * amb = amb_of(mem);
-    if (!amb || !amb->valid_seq(src) || !amb->valid_seq(dst) || src == dst) {
+void llama_pace_amb::on_seq_cp(llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1) {
+    if (!valid_seq(src) || !valid_seq(dst) || src == dst) {
         return;
     }
-    if (range_overlap(amb->seqs[src], p0, p1) != overlap::all) {
+    if (range_overlap(seqs[src], p0, p1) != overlap::all) {
         // dst receives only part of what src's bank absorbed: a bank cannot be split.
-        amb->invalidate(dst, "seq_cp of a partial range");
+        invalidate(dst, "seq_cp of a partial range");
         return;
     }
-    for (auto & l : amb->layers) {
-        for (ggml_tensor * t : {l.bank, l.meta, l.state}) {
-            amb->copy_slice(t, src, dst);
-        }
-    }
-    const int32_t inv = amb->seqs[dst].n_invalidations;
-    amb->seqs[dst] = amb->seqs[src];
-    amb->seqs[dst].n_invalidations = inv;
+    copy_seq(src, dst);
 }
 
-void llama_pace_amb_on_seq_keep(llama_memory_t mem, llama_seq_id seq_id) {
-    if (auto * amb = amb_of(mem)) {
-        for_seqs(amb, -1, [&](llama_seq_id s) {
-            if (s != seq_id) {
-                amb->reset(s);
-            }
-        });
-    }
-}
-
-void llama_pace_amb_on_seq_shift(llama_memory_t mem, llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
-    auto * amb = amb_of(mem);
-    if (!amb) {
-        return;
-    }
-    for_seqs(amb, seq_id, [&](llama_seq_id s) {
-        // Moving positions (context shift) leaves the bank describing tokens at other places; only
-        // a shift that moves everything the bank saw is harmless, and then positions are re-learned.
-        if (range_overlap(amb->seqs[s], p0, p1) != overlap::none) {
-            amb->invalidate(s, "a position shift");
+void llama_pace_amb::on_seq_keep(llama_seq_id seq_id) {
+    for_seqs(*this, -1, [&](llama_seq_id s) {
+        if (s != seq_id) {
+            reset(s);
         }
     });
 }
 
-// ---- session state -------------------------------------------------------------------------------------
+void llama_pace_amb::on_seq_shift(llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
+    for_seqs(*this, seq_id, [&](llama_seq_id s) {
+        // Moving positions (context shift) leaves the bank describing tokens at other places.
+        if (range_overlap(seqs[s], p0, p1) != overlap::none) {
+            invalidate(s, "a position shift");
+        }
+    });
+}
+
+// ---- graph -------------------------------------------------------------------------------------------
 
 namespace {
 
-// The whole tensor (seq_id < 0) or one sequence's part of it.
-void write_slice(const llama_pace_amb & amb, llama_io_write_i & io, ggml_tensor * t, llama_seq_id seq_id) {
-    const size_t per = amb.seq_bytes(t);
-    seq_id < 0 ? io.write_tensor(t, 0, ggml_nbytes(t)) : io.write_tensor(t, per * seq_id, per);
-}
+// Per-row bank index (the first sequence id, or -1 for ids beyond the context's n_seq_max) and
+// position. A row is a token of the ubatch, except after llama.cpp has kept only the output tokens
+// (the last layer's FFN runs on those alone, in ubatch order, as llm_graph_input_out_ids selects them).
+class llm_graph_input_pace_amb : public llm_graph_input_i {
+public:
+    llm_graph_input_pace_amb(llama_pace_amb * amb, ggml_tensor * tokens, bool notes) : amb(amb), tokens(tokens), notes(notes) {}
 
-void read_slice(const llama_pace_amb & amb, llama_io_read_i & io, ggml_tensor * t, llama_seq_id seq_id) {
-    const size_t per = amb.seq_bytes(t);
-    seq_id < 0 ? io.read_tensor(t, 0, ggml_nbytes(t)) : io.read_tensor(t, per * seq_id, per);
-}
+    void set_input(const llama_ubatch * ubatch) override {
+        const int64_t n_rows = tokens->ne[1];
+        const bool outputs_only = n_rows < (int64_t) ubatch->n_tokens;
+        std::vector<int32_t> data;
+        data.reserve(2 * n_rows);
+        for (uint32_t i = 0; i < ubatch->n_tokens && (int64_t) data.size() < 2 * n_rows; ++i) {
+            if (outputs_only && !ubatch->output[i]) {
+                continue;
+            }
+            const llama_seq_id s = ubatch->seq_id[i][0];
+            data.push_back(amb->valid_seq(s) ? s : -1);
+            data.push_back(ubatch->pos[i]);
+        }
+        // One AMB layer per graph records which positions and sequences the ubatch feeds.
+        for (uint32_t i = 0; notes && i < ubatch->n_tokens; ++i) {
+            amb->note_token(ubatch->seq_id[i], ubatch->n_seq_id[i], ubatch->pos[i]);
+        }
+        GGML_ASSERT((int64_t) data.size() == 2 * n_rows);
+        ggml_backend_tensor_set(tokens, data.data(), 0, data.size() * sizeof(int32_t));
+    }
 
-template <typename T> void write_val(llama_io_write_i & io, T v) { io.write(&v, sizeof(v)); }
-template <typename T> T read_val(llama_io_read_i & io) { T v; io.read(&v, sizeof(v)); return v; }
+    bool can_reuse(const llm_graph_params & params) override {
+        // rows == tokens, or rows == outputs (last layer); a changed count needs a new graph
+        return tokens->ne[1] == (int64_t) params.ubatch.n_tokens || tokens->ne[1] == (int64_t) params.n_outputs;
+    }
+
+private:
+    llama_pace_amb * amb;
+    ggml_tensor *    tokens;
+    bool             notes;
+};
 
 } // namespace
 
-void llama_pace_amb_state_write(const llama_pace_amb * amb, llama_io_write_i & io, llama_seq_id seq_id) {
-    write_val<uint32_t>(io, STATE_MAGIC);
-    write_val<uint32_t>(io, STATE_VERSION);
-    const uint32_t n_layers = amb ? (uint32_t) amb->layers.size() : 0;
-    write_val<uint32_t>(io, n_layers);
-    if (n_layers == 0) {
+ggml_tensor * llama_pace_amb_build(llama_pace_amb * amb, ggml_context * ctx0, llm_graph_result * res, ggml_tensor * cur, int il) {
+    const amb_layer * l = amb ? amb->layer(il) : nullptr;
+    if (!l) {
+        return cur;
+    }
+    char name[GGML_MAX_NAME];
+    snprintf(name, sizeof(name), "pace_amb_tokens-%d", il);
+    if (ggml_get_tensor(ctx0, name) != nullptr || cur->ne[0] != l->n_ff) {
+        // An FFN the hook cannot serve (a second FFN in the layer, another width): leave it alone and
+        // let llama_pace_amb_set_params, which builds the graphs to check, refuse the configuration.
+        if (amb->build_error.empty()) {
+            amb->build_error = format("layer %d: the model's graph has an FFN activation the AMB cannot serve "
+                                      "(width %lld, expected %lld, or several FFNs in the layer)",
+                                      il, (long long) cur->ne[0], (long long) l->n_ff);
+            LLAMA_LOG_WARN("%s: pace: %s\n", __func__, amb->build_error.c_str());
+        }
+        return cur;
+    }
+    amb->n_built.resize(amb->banks.layer_index.size(), 0);
+    amb->n_built[il] += 1;
+    ggml_tensor * tokens = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, 2, cur->ne[1]);
+    ggml_set_input(tokens);
+    ggml_set_name(tokens, name);
+    const bool notes = l == &amb->banks.layers.front();
+    res->add_input(std::make_unique<llm_graph_input_pace_amb>(amb, tokens, notes));
+
+    const auto hp = amb->hparams();
+    const ggml_amb_params op = {hp.theta_high, hp.theta_low, hp.alpha, hp.w_high, hp.w_mid, hp.lambda, hp.momentum,
+                                hp.topk, hp.negk, hp.store_topk, hp.chunk, hp.mode};
+    ggml_tensor * a = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx0, cur);
+    ggml_tensor * out = ggml_amb(ctx0, a, tokens, l->bank, l->meta, l->state,
+                                 l->snap, l->snap_meta, l->pend, op);
+    ggml_format_name(out, "ffn_amb-%d", il);
+    return out;
+}
+
+uint64_t llama_pace_amb_graph_key(const llama_pace_amb * amb) {
+    return amb ? amb->generation : 0;
+}
+
+// ---- decode --------------------------------------------------------------------------------------------
+
+void llama_pace_amb_decode_begin(llama_pace_amb * amb, uint32_t n_tokens, uint32_t n_ubatch) {
+    if (!amb || !amb->enabled()) {
         return;
     }
-    write_val<uint32_t>(io, seq_id < 0 ? amb->n_seq : 1);
-    write_val<int32_t>(io, amb->params.bank_size);
-    write_val<uint32_t>(io, amb->n_pos);
-    for (const auto & l : amb->layers) {
-        write_val<int32_t>(io, l.il);
-        write_val<int64_t>(io, l.n_ff);
+    if (amb->prompt_span_open || amb->any_shared) {
+        amb->drop_pending(); // the previous decode failed or was aborted before its end
     }
-    for (const auto & l : amb->layers) {
-        for (ggml_tensor * t : {l.bank, l.meta, l.state}) {
-            write_slice(*amb, io, t, seq_id);
-        }
-    }
-    for (uint32_t s = 0; s < amb->n_seq; ++s) {
-        if (seq_id < 0 || (uint32_t) seq_id == s) {
-            write_val<int32_t>(io, amb->seqs[s].pos_min);
-            write_val<int32_t>(io, amb->seqs[s].pos_max);
-        }
-    }
-}
-
-static void state_read_checked(llama_pace_amb * amb, llama_io_read_i & io, llama_seq_id seq_id) {
-    if (read_val<uint32_t>(io) != STATE_MAGIC || read_val<uint32_t>(io) != STATE_VERSION) {
-        throw std::runtime_error("state has no pace AMB section (written by another build?)");
-    }
-    const uint32_t n_layers = read_val<uint32_t>(io);
-    const uint32_t want = amb ? (uint32_t) amb->layers.size() : 0;
-    if (n_layers != want) {
-        throw std::runtime_error(format("state holds AMB banks for %u layer(s), this context has %u", n_layers, want));
-    }
-    if (n_layers == 0) {
+    const bool span = amb->params().granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT && n_tokens > n_ubatch;
+    if (!span) {
         return;
     }
-    const uint32_t n_seq = read_val<uint32_t>(io);
-    const int32_t  M     = read_val<int32_t>(io);
-    const uint32_t n_pos = read_val<uint32_t>(io);
-    const uint32_t want_seq = seq_id < 0 ? amb->n_seq : 1;
-    if (n_seq != want_seq || M != amb->params.bank_size || n_pos != amb->n_pos) {
-        throw std::runtime_error(format("state AMB bank shape (seqs %u, slots %d, positions %u) does not match this context "
-                "(seqs %u, slots %d, positions %u)", n_seq, M, n_pos, want_seq, amb->params.bank_size, amb->n_pos));
-    }
-    for (const auto & l : amb->layers) {
-        const int32_t il = read_val<int32_t>(io);
-        const int64_t n_ff = read_val<int64_t>(io);
-        if (il != l.il || n_ff != l.n_ff) {
-            throw std::runtime_error(format("state AMB layer %d (n_ff %lld) does not match this context's layer %d (n_ff %lld)",
-                    il, (long long) n_ff, l.il, (long long) l.n_ff));
+    // Every ubatch of this batch retrieves against the banks as they are now.
+    for (auto & l : amb->banks.layers) {
+        std::memcpy(l.snap->data, l.bank->data, ggml_nbytes(l.bank));
+        std::memcpy(l.snap_meta->data, l.meta->data, ggml_nbytes(l.meta));
+        for (uint32_t s = 0; s < amb->n_seq; ++s) {
+            amb->state_of(l, s)[ST_FLAGS] |= FLAG_PROMPT_SPAN;
         }
     }
-    for (const auto & l : amb->layers) {
-        for (ggml_tensor * t : {l.bank, l.meta, l.state}) {
-            read_slice(*amb, io, t, seq_id);
-        }
-    }
-    for (uint32_t s = 0; s < amb->n_seq; ++s) {
-        if (seq_id < 0 || (uint32_t) seq_id == s) {
-            amb->seqs[s].pos_min = read_val<int32_t>(io);
-            amb->seqs[s].pos_max = read_val<int32_t>(io);
-        }
-    }
+    amb->prompt_span_open = true;
 }
 
-void llama_pace_amb_state_read(llama_pace_amb * amb, llama_io_read_i & io, llama_seq_id seq_id) {
-    try {
-        state_read_checked(amb, io, seq_id);
-    } catch (const std::exception & e) {
-        g_last_error = std::string("state file: ") + e.what();
-        if (amb) {
-            amb->reset(seq_id); // never keep a half-restored bank
-        }
-        throw;
+void llama_pace_amb_decode_end(llama_pace_amb * amb, llama_context & lctx) {
+    if (!amb || !(amb->prompt_span_open || amb->any_shared)) {
+        return; // nothing to do on the host: no synchronization, as in stock llama.cpp
     }
-}
-
-// ---- llama_context accessors (declared in llama-context.h) ---------------------------------------
-
-llama_pace_amb * llama_context::get_pace_amb() const {
-    return pace_amb.get();
-}
-
-void llama_context::pace_amb_reconfigured() {
-    sched_need_reserve = true;
+    lctx.synchronize();
+    if (amb->prompt_span_open) {
+        amb->flush_pending();
+    }
+    amb->apply_shared();
 }
 
 // ---- public C API (llama.h) ---------------------------------------------------------------------------
 
 namespace {
 
+// The caller gets the message through llama_pace_last_error(); it is not logged, so that it is
+// reported once, by whoever decides what to do about it.
 int32_t fail(const std::string & msg) {
     g_last_error = msg;
-    LLAMA_LOG_ERROR("pace: %s\n", msg.c_str());
     return -1;
 }
 
-const amb_layer * find_layer(const llama_pace_amb * amb, int32_t il) {
-    return amb ? amb->layer(il) : nullptr;
+// The bank owner of ctx, with the context's pending work finished (the banks are host memory that
+// a graph may still be writing).
+llama_pace_amb * synced_amb(const llama_context * ctx) {
+    auto * lctx = const_cast<llama_context *>(ctx);
+    llama_pace_amb * amb = lctx->get_pace_amb();
+    if (amb && amb->enabled()) {
+        lctx->synchronize();
+    }
+    return amb;
+}
+
+// Builds the graphs of the new configuration and checks that the hook served every AMB layer once.
+void check_graph(llama_context * ctx, llama_pace_amb * amb) {
+    amb->n_built.assign(amb->banks.layer_index.size(), 0);
+    amb->build_error.clear();
+    ctx->pace_amb_reconfigured();
+    ctx->sched_reserve();
+    if (amb->build_error.empty()) {
+        for (const auto & l : amb->banks.layers) {
+            if (amb->n_built[l.il] == 0) {
+                amb->build_error = format("layer %d: the model's graph has no FFN activation the AMB can act on", l.il);
+                break;
+            }
+        }
+    }
+    std::fill(amb->n_built.begin(), amb->n_built.end(), 0);
+    if (!amb->build_error.empty()) {
+        throw std::runtime_error(amb->build_error);
+    }
 }
 
 } // namespace
@@ -754,44 +516,63 @@ const char * llama_pace_last_error(void) {
 }
 
 struct llama_pace_amb_params llama_pace_amb_default_params(void) {
-    return default_params();
+    return llama_pace_amb_defaults();
+}
+
+int32_t llama_pace_amb_validate_params(const struct llama_pace_amb_params * params, int32_t n_layer) {
+    if (!params || n_layer < 1) {
+        return fail("validate: params must be given and n_layer >= 1");
+    }
+    const std::string err = llama_pace_amb_check(*params, n_layer);
+    return err.empty() ? 0 : fail("invalid AMB parameters: " + err);
 }
 
 int32_t llama_pace_amb_model_params(const struct llama_model * model, struct llama_pace_amb_params * out) {
     try {
-        *out = params_from_gguf(*model);
+        *out = llama_pace_amb_params_from_model(*model);
         return 0;
     } catch (const std::exception & e) {
+        *out = llama_pace_amb_defaults();
         return fail(e.what());
     }
 }
 
 int32_t llama_pace_amb_get_params(const struct llama_context * ctx, struct llama_pace_amb_params * out) {
     const auto * amb = ctx->get_pace_amb();
-    *out = amb ? amb->params : default_params();
+    *out = amb ? amb->params() : llama_pace_amb_defaults();
     return 0;
 }
 
 int32_t llama_pace_amb_set_params(struct llama_context * ctx, const struct llama_pace_amb_params * params) {
-    auto * amb = ctx->get_pace_amb();
+    auto * amb = synced_amb(ctx);
     if (!amb) {
         return fail("this context has no memory module, so it cannot hold an AMB bank");
     }
-    const std::string err = validate(*params, amb->model.hparams.n_layer());
-    if (!err.empty()) {
-        return fail("invalid AMB parameters: " + err);
-    }
+    const llama_pace_amb_params old = amb->params();
     try {
         amb->configure(*params);
     } catch (const std::exception & e) {
-        return fail(e.what());
+        return fail(e.what()); // nothing changed: the old banks are in place, with their contents
     }
-    ctx->pace_amb_reconfigured();
-    return 0;
+    try {
+        check_graph(ctx, amb);
+        return 0;
+    } catch (const std::exception & e) {
+        const std::string why = e.what();
+        try { // back to the previous configuration (its banks are empty now, as after any reconfiguration)
+            amb->configure(old);
+            ctx->pace_amb_reconfigured();
+        } catch (const std::exception & e2) {
+            amb->configure(llama_pace_amb_defaults()); // off: allocates nothing, cannot fail
+            ctx->pace_amb_reconfigured();
+            return fail(why + "; the previous AMB settings could not be restored either (" + e2.what() + "), so the AMB is off");
+        }
+        return fail(why);
+    }
 }
 
 int32_t llama_pace_amb_reset(struct llama_context * ctx, llama_seq_id seq_id) {
-    auto * amb = ctx->get_pace_amb();
+    auto * amb = synced_amb(ctx);
     if (!amb) {
         return 0;
     }
@@ -803,8 +584,8 @@ int32_t llama_pace_amb_reset(struct llama_context * ctx, llama_seq_id seq_id) {
 }
 
 int32_t llama_pace_amb_get_stats(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il, struct llama_pace_amb_stats * out) {
-    const auto * amb = ctx->get_pace_amb();
-    const amb_layer * l = find_layer(amb, il);
+    const auto * amb = synced_amb(ctx);
+    const amb_layer * l = amb ? amb->layer(il) : nullptr;
     if (!l) {
         return fail(format("layer %d has no AMB bank", il));
     }
@@ -814,7 +595,7 @@ int32_t llama_pace_amb_get_stats(const struct llama_context * ctx, llama_seq_id 
     const auto b = amb->view(*l, seq_id);
     const int32_t * st = amb->state_of(*l, seq_id);
     *out = {};
-    out->bank_size = amb->params.bank_size;
+    out->bank_size = amb->params().bank_size;
     for (int32_t j = 0; j < b.M; ++j) {
         out->n_slots_used += b.valid[j] != 0.0f;
     }
@@ -829,8 +610,8 @@ int32_t llama_pace_amb_get_stats(const struct llama_context * ctx, llama_seq_id 
 
 int32_t llama_pace_amb_get_bank(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il,
         float * keys, float * values, float * usage, float * valid, int64_t * n_ff) {
-    const auto * amb = ctx->get_pace_amb();
-    const amb_layer * l = find_layer(amb, il);
+    const auto * amb = synced_amb(ctx);
+    const amb_layer * l = amb ? amb->layer(il) : nullptr;
     if (!l || !amb->valid_seq(seq_id)) {
         return fail(format("no AMB bank for layer %d, seq_id %d", il, seq_id));
     }
@@ -845,12 +626,12 @@ int32_t llama_pace_amb_get_bank(const struct llama_context * ctx, llama_seq_id s
 }
 
 int32_t llama_pace_amb_get_cases(const struct llama_context * ctx, llama_seq_id seq_id, int32_t il, int32_t * out, int32_t n_pos) {
-    const auto * amb = ctx->get_pace_amb();
-    const amb_layer * l = find_layer(amb, il);
+    const auto * amb = synced_amb(ctx);
+    const amb_layer * l = amb ? amb->layer(il) : nullptr;
     if (!l || !amb->valid_seq(seq_id)) {
         return fail(format("no AMB bank for layer %d, seq_id %d", il, seq_id));
     }
-    const int32_t n = std::min<int32_t>(n_pos, (int32_t) amb->n_pos);
+    const int32_t n = std::max(0, std::min<int32_t>(n_pos, (int32_t) amb->n_pos));
     const int32_t * log = amb->state_of(*l, seq_id) + GGML_AMB_STATE_HEADER;
     for (int32_t i = 0; i < n; ++i) {
         out[i] = log[i] - 1; // the log stores case + 1, so that 0 (cleared) reads as -1 (unknown)
@@ -861,4 +642,14 @@ int32_t llama_pace_amb_get_cases(const struct llama_context * ctx, llama_seq_id 
 size_t llama_pace_amb_memory_size(const struct llama_context * ctx) {
     const auto * amb = ctx->get_pace_amb();
     return amb ? amb->memory_size() : 0;
+}
+
+// ---- llama_context accessors (declared in llama-context.h) ---------------------------------------
+
+llama_pace_amb * llama_context::get_pace_amb() const {
+    return pace_amb;
+}
+
+void llama_context::pace_amb_reconfigured() {
+    sched_need_reserve = true;
 }

@@ -1,0 +1,118 @@
+// pace-gguf: the bank owner of a context, shared by pace-amb.cpp (banks, graph, decode, C API),
+// pace-amb-params.cpp (settings) and pace-amb-memory.cpp (sequence events, session state).
+#pragma once
+
+#include "pace-amb.h"
+#include "pace-amb-math.h"
+
+#include "ggml-cpp.h"
+
+#include <string>
+#include <vector>
+
+struct llama_model;
+
+// ---- settings (pace-amb-params.cpp) ---------------------------------------------------------------
+
+llama_pace_amb_params llama_pace_amb_defaults();
+// Empty when valid, else what is wrong, naming the parameter.
+std::string llama_pace_amb_check(const llama_pace_amb_params & p, int64_t n_layer);
+// The settings of the model's pace.amb.* keys; throws std::runtime_error naming the key if invalid.
+llama_pace_amb_params llama_pace_amb_params_from_model(const llama_model & model);
+// Why the model's settings cannot be used with this model's architecture, or empty.
+std::string llama_pace_amb_check_arch(const llama_pace_amb_params & p, const llama_model & model);
+
+// ---- the bank owner (pace-amb.cpp) ----------------------------------------------------------------
+
+struct amb_layer {
+    int32_t       il;
+    int64_t       n_ff;
+    ggml_tensor * bank      = nullptr; // f32 [n_ff, 2M, S]
+    ggml_tensor * meta      = nullptr; // f32 [3M, S]: usage, valid, key norms
+    ggml_tensor * state     = nullptr; // i32 [HEADER + n_pos, S]
+    ggml_tensor * snap      = nullptr; // prompt granularity only
+    ggml_tensor * snap_meta = nullptr;
+    ggml_tensor * pend      = nullptr; // f32 [n_ff, 2*chunk, S], prompt granularity only
+};
+
+// Everything a configuration allocates; built whole, then swapped in (all or nothing).
+struct amb_banks {
+    llama_pace_amb_params   params;
+    std::vector<amb_layer>  layers;      // ascending il
+    std::vector<int32_t>    layer_index; // il -> index in layers, or -1
+    ggml_context_ptr        ctx;
+    ggml_backend_buffer_ptr buf;
+};
+
+struct llama_pace_amb {
+    const llama_model & model;
+    const uint32_t      n_seq;
+    const uint32_t      n_pos;
+
+    amb_banks   banks;
+    std::string model_params_error; // why the model's pace.amb.* keys were rejected (AMB then off)
+    uint64_t    generation = 0;
+    bool        prompt_span_open = false;
+
+    struct seq_info {
+        llama_pos pos_min = -1; // range of positions absorbed by the bank since its last reset
+        llama_pos pos_max = -1;
+        int32_t   n_invalidations = 0;
+        bool empty() const { return pos_max < 0; }
+    };
+    std::vector<seq_info> seqs;
+
+    // Tokens of the current decode that belong to several sequences (see note_token).
+    std::vector<llama_seq_id> shared_with; // per sequence: the first sequence of its shared tokens, or -1
+    std::vector<char>         has_own;     // per sequence: it also had tokens of its own
+    bool                      any_shared = false;
+
+    // Graph-build check: how often each AMB layer was built, and any layer the hook could not serve.
+    std::vector<int32_t> n_built;
+    std::string          build_error;
+
+    llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32_t n_pos);
+
+    const llama_pace_amb_params & params() const { return banks.params; }
+    bool enabled() const { return !banks.layers.empty(); }
+    pace_amb::hparams hparams() const;
+    const amb_layer * layer(int32_t il) const;
+
+    // Validates, allocates new banks and swaps them in; on any failure the old ones stay. Throws.
+    void configure(const llama_pace_amb_params & p);
+    size_t memory_size() const;
+
+    bool valid_seq(llama_seq_id s) const { return s >= 0 && (uint32_t) s < n_seq; }
+    size_t seq_bytes(const ggml_tensor * t) const;
+    int32_t * state_of(const amb_layer & l, llama_seq_id s) const;
+    pace_amb::bank_view view(const amb_layer & l, llama_seq_id s) const;
+
+    void reset(llama_seq_id s);                       // s < 0: all sequences
+    void invalidate(llama_seq_id s, const char * why); // reset, counted and logged
+    void copy_seq(llama_seq_id src, llama_seq_id dst);
+    void note_token(const llama_seq_id * seq_ids, int32_t n_seq_id, llama_pos pos);
+
+    void flush_pending();
+    void drop_pending();
+    void apply_shared();
+
+    // Sequence events (from the memory wrapper).
+    void on_clear();
+    void on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1);
+    void on_seq_cp(llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1);
+    void on_seq_keep(llama_seq_id seq_id);
+    void on_seq_shift(llama_seq_id seq_id, llama_pos p0, llama_pos p1);
+};
+
+// ---- session state (pace-amb-memory.cpp) ----------------------------------------------------------
+
+class llama_io_read_i;
+class llama_io_write_i;
+
+void llama_pace_amb_state_write(const llama_pace_amb * amb, llama_io_write_i & io, llama_seq_id seq_id);
+// Reads and checks everything before it changes a bank: a state that fails a check throws and leaves
+// the banks as they were.
+void llama_pace_amb_state_read(llama_pace_amb * amb, llama_io_read_i & io, llama_seq_id seq_id);
+
+// Records the message returned by llama_pace_last_error().
+void llama_pace_set_error(const std::string & msg);
