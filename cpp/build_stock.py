@@ -39,7 +39,8 @@ def fixes_key() -> str:
 
 def default_build_dir() -> Path:
     lock = json.loads((HERE / "llama.cpp.lock").read_text())
-    return pinned.cache_dir() / "stock" / f"llama.cpp-{lock['llama_cpp_build']}-{lock['sha256'][:12]}-fixes-{fixes_key()}"
+    name = f"llama.cpp-{lock['llama_cpp_build']}-{lock['sha256'][:12]}-fixes-{fixes_key()}"
+    return pinned.cache_dir() / "stock" / name
 
 
 def build(build_dir: Path, options: tuple[str, ...] = ("-DPACE_STOCK=ON",)) -> Path:

@@ -8,7 +8,7 @@ import sys
 from pace_gguf import Llama
 from pace_gguf.registry import DEFAULT_MODEL, pull
 
-question = " ".join(sys.argv[1:]) or "Which city is the capital of France?"
+question = " ".join(sys.argv[1:]) or "Note: the door code is 4817. What is the door code?"
 llm = Llama(model_path=str(pull(DEFAULT_MODEL)), n_ctx=2048, seed=0, verbose=False)
 print("build:", llm.build_id)
 messages = [{"role": "user", "content": question}]

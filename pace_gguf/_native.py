@@ -45,7 +45,9 @@ def llama_cpp_module() -> ModuleType:
 
     if not hasattr(llama_cpp.llama_cpp._lib, "llama_pace_version"):
         if os.environ.get(LIB_DIR_ENV):
-            raise NativeLibraryError(f"{LIB_DIR_ENV}={os.environ[LIB_DIR_ENV]} holds a libllama without pace-gguf's patches")
+            raise NativeLibraryError(
+                f"{LIB_DIR_ENV}={os.environ[LIB_DIR_ENV]} holds a libllama without pace-gguf's patches"
+            )
         raise NativeLibraryError(
             "llama_cpp was imported before pace_gguf and loaded a libllama without pace-gguf's patches; "
             "import pace_gguf first, or set LLAMA_CPP_LIB_PATH to " + str(folder)

@@ -171,7 +171,8 @@ def _bind(name: str, restype, argtypes):
 
 
 def last_error() -> str:
-    return _bind("llama_pace_last_error", ctypes.c_char_p, [])().decode()
+    # a message may quote a GGUF string, which is untrusted bytes
+    return _bind("llama_pace_last_error", ctypes.c_char_p, [])().decode("utf-8", errors="replace")
 
 
 def _check(status: int, what: str) -> int:

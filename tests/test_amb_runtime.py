@@ -52,10 +52,12 @@ def test_default_model_has_amb_off(make_llm):
 
 def test_chat_with_amb_still_answers_and_fills_the_bank(make_llm):
     llm = make_llm(pace={"layers": LAYERS})
+    # The README's prompt (tests/test_cli.py): the answer is in the question, robust to the CPU's kernels.
     out = llm.create_chat_completion(
-        messages=[{"role": "user", "content": "Which city is the capital of France?"}], temperature=0, max_tokens=32
+        messages=[{"role": "user", "content": "Note: the door code is 4817. What is the door code?"}], temperature=0,
+        max_tokens=32,
     )
-    assert "Paris" in out["choices"][0]["message"]["content"]
+    assert "4817" in out["choices"][0]["message"]["content"]
     stats = llm.memory_stats()
     assert sorted(stats) == list(LAYERS)
     for s in stats.values():

@@ -99,6 +99,10 @@ def _operands(text: str) -> list[str]:
     return out
 
 
+def _le_bytes(value: int, size: int) -> list[int]:
+    return list((value & (2 ** (8 * size) - 1)).to_bytes(size, "little"))
+
+
 def _int(text: str) -> int:
     neg = text.startswith("-")
     text = text.lstrip("-$")
@@ -173,7 +177,8 @@ class ObjectFile:
 
 _CONTROL = re.compile(r"^(j\w+|call\w*|ret\w*|jmp\w*|ud2|hlt)$")
 _ZERO_IDIOMS = {"xor", "xorl", "xorq", "pxor", "vpxor", "vpxord", "vpxorq", "xorps", "vxorps", "vxorpd"}
-_LOADS = re.compile(r"^(mov[lqwb]?|movabs[q]?|vmovdq[au](8|16|32|64)?|vmovap[sd]|vmovup[sd]|vmovq|vmovd|movdq[au]|movq|movd)$")
+_LOADS = re.compile(r"^(mov[lqwb]?|movabsq?|movdq[au]|movq|movd"
+                    r"|vmovdq[au](8|16|32|64)?|vmovap[sd]|vmovup[sd]|vmovq|vmovd)$")
 
 
 def loaded_tile_configs(obj: ObjectFile) -> list[tuple[str, bytes | None, str]]:
@@ -199,7 +204,9 @@ def loaded_tile_configs(obj: ObjectFile) -> list[tuple[str, bytes | None, str]]:
             continue
         base_reg, base_off = m.group(2), _int(m.group(1) or "0")
         start = i
-        while start > 0 and obj.insns[start - 1]["func"] == insn["func"] and not _CONTROL.match(obj.insns[start - 1]["mnem"]):
+        while start > 0 and obj.insns[start - 1]["func"] == insn["func"]:
+            if _CONTROL.match(obj.insns[start - 1]["mnem"]):
+                break
             start -= 1
         cfg: list[int | None] = [None] * 64
         regs: dict[str, list[int | None]] = {}
@@ -208,13 +215,13 @@ def loaded_tile_configs(obj: ObjectFile) -> list[tuple[str, bytes | None, str]]:
             mnem, ops = ins["mnem"], ins["ops"]
             dst = ops[-1] if ops else ""
             dst_reg = _reg(dst)
-            if mnem in _ZERO_IDIOMS and len(ops) >= 2 and len({o for o in ops}) == 1 and dst_reg:
+            if mnem in _ZERO_IDIOMS and len(ops) >= 2 and len(set(ops)) == 1 and dst_reg:
                 regs[dst_reg[0]] = [0] * 64
                 continue
             src = ops[0] if ops else ""
             if dst_reg and _LOADS.match(mnem) and len(ops) == 2:
                 if src.startswith("$"):
-                    regs[dst_reg[0]] = list((_int(src) & (2 ** (8 * dst_reg[1]) - 1)).to_bytes(dst_reg[1], "little")) + [0] * (64 - dst_reg[1])
+                    regs[dst_reg[0]] = _le_bytes(_int(src), dst_reg[1]) + [0] * (64 - dst_reg[1])
                     continue
                 if "(%rip)" in src:
                     size = 8 if mnem in ("vmovq", "movq") else 4 if mnem in ("vmovd", "movd") else dst_reg[1]
@@ -236,7 +243,7 @@ def loaded_tile_configs(obj: ObjectFile) -> list[tuple[str, bytes | None, str]]:
                 if off + max(size, 1) <= 0 or off >= 64:
                     continue
                 if src.startswith("$") and size:
-                    value = list((_int(src) & (2 ** (8 * size) - 1)).to_bytes(size, "little"))
+                    value = _le_bytes(_int(src), size)
                 elif src_reg and size and _LOADS.match(mnem):
                     value = regs.get(src_reg[0], [None] * 64)[:size]
                 else:  # a store we cannot interpret: the bytes it may touch become unknown
@@ -357,7 +364,11 @@ assert len(tokens) >= 64, len(tokens)   # batches of more than 2 x 16 rows: the 
 llm.eval(tokens)
 scores = np.array(llm.scores[: len(tokens)], dtype=np.float32)
 assert np.isfinite(scores).all()
-print("TOP", llm.detokenize([int(scores[-1].argmax())]).decode(errors="replace"), flush=True)
+answer = []
+for _ in range(6):  # greedy, one token at a time (the single-row path)
+    answer.append(int(np.argmax(llm.scores[llm.n_tokens - 1])))
+    llm.eval([answer[-1]])
+print("ANSWER", llm.detokenize(answer).decode(errors="replace"), flush=True)
 """
 
 
@@ -373,4 +384,4 @@ def test_quantized_forward_through_amx(default_model_path, tmp_path):
                     + result.stdout.splitlines()[0])
     # The Q4_1 weights were repacked into ggml's AMX buffer, so the batched matmuls ran the tile kernels.
     assert "AMX model buffer size" in result.stderr, result.stderr[-3000:]
-    assert "TOP" in result.stdout and "48" in result.stdout.split("TOP", 1)[1], result.stdout
+    assert "4817" in result.stdout.split("ANSWER", 1)[-1], result.stdout

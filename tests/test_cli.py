@@ -4,6 +4,13 @@ import pytest
 
 pytestmark = pytest.mark.slow  # real model, real subprocesses
 
+# README command 1's prompt (tests/test_readme.py keeps them equal). The answer is in the question,
+# and its tokens lead by 1.6 logits or more with AVX2 and with plain x86-64 kernels, AMB on or off
+# (README, Builds); "Which city is the capital of France?" led by 0.03 and answers "Le Grand
+# Château..." with plain x86-64 kernels and on AMX.
+PROMPT = "Note: the door code is 4817. What is the door code?"
+ANSWER = "4817"
+
 
 def test_info_shows_patched_build(run_cli):
     result = run_cli("info")
@@ -18,17 +25,17 @@ def test_pull_prints_cached_path(run_cli, default_model_path):
     assert result.stdout.strip() == str(default_model_path)
 
 
-def test_chat_answers_capital_of_france(run_cli, default_model_path):
-    result = run_cli("chat", "--prompt", "Which city is the capital of France?", "--temperature", "0")
+def test_chat_answers_the_readme_prompt(run_cli, default_model_path):
+    result = run_cli("chat", "--prompt", PROMPT, "--temperature", "0")
     assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
+    assert ANSWER in result.stdout
 
 
 def test_chat_repl_reset_and_exit(run_cli, default_model_path):
-    script = "Which city is the capital of France?\n/reset\n/exit\nthis line is never read\n"
+    script = f"{PROMPT}\n/reset\n/exit\nthis line is never read\n"
     result = run_cli("chat", "--temperature", "0", "--max-tokens", "48", input=script)
     assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
+    assert ANSWER in result.stdout
     assert "(conversation cleared)" in result.stderr
 
 
@@ -60,10 +67,9 @@ def test_invalid_parameter_is_a_usage_error(run_cli):
 
 
 def test_chat_with_amb_prints_stats(run_cli, default_model_path):
-    result = run_cli("chat", "--prompt", "Which city is the capital of France?", "--temperature", "0",
-                     "--amb-layers", "12,26", "--stats")
+    result = run_cli("chat", "--prompt", PROMPT, "--temperature", "0", "--amb-layers", "12,26", "--stats")
     assert result.returncode == 0, result.stderr
-    assert "Paris" in result.stdout
+    assert ANSWER in result.stdout
     for layer in (12, 26):
         line = next(l for l in result.stderr.splitlines() if l.strip().startswith(f"layer {layer}:"))
         slots = int(line.split("slots ")[1].split("/")[0])

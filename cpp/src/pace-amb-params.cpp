@@ -208,7 +208,14 @@ struct gguf_keys {
         return true;
     }
     [[noreturn]] static void fail(const char * key, const typed & v, const std::string & want) {
-        const std::string shown = v.value.size() > 40 ? v.value.substr(0, 40) + "..." : v.value;
+        std::string shown = v.value;
+        if (shown.size() > 40) { // cut at a character boundary: the message must stay valid UTF-8
+            size_t cut = 40;
+            while (cut > 0 && (shown[cut] & 0xC0) == 0x80) {
+                --cut;
+            }
+            shown = shown.substr(0, cut) + "...";
+        }
         throw std::runtime_error(format("invalid GGUF key %s (%s '%s'): expected %s", key, v.type.c_str(), shown.c_str(), want.c_str()));
     }
     static bool integer_type(const std::string & type) {

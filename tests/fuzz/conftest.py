@@ -3,7 +3,6 @@ modules because this folder is put on sys.path here (pytest runs in importlib mo
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -28,6 +27,4 @@ def tiny_model_path(tiny_model, tmp_path_factory) -> Path:
 
 
 def pytest_sessionfinish(session):
-    path = os.environ.get("PACE_FUZZ_STATS")
-    if path:
-        Path(path).write_text(json.dumps(pace_fuzz.OUTCOMES, indent=1, sort_keys=True) + "\n")
+    pace_fuzz.write_outcomes()  # cases per target and outcome, for run_sanitized.py ($PACE_FUZZ_STATS)

@@ -14,6 +14,7 @@ when set, receives each case (JSON) before it runs, so a case that kills the pro
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 from pathlib import Path
@@ -44,6 +45,13 @@ OUTCOMES: dict[str, dict[str, int]] = {}
 def count(target: str, outcome: str) -> None:
     per = OUTCOMES.setdefault(target, {})
     per[outcome] = per.get(outcome, 0) + 1
+    write_outcomes()  # at every case: a sanitizer's abort skips the end of the session
+
+
+def write_outcomes() -> None:
+    path = os.environ.get("PACE_FUZZ_STATS")
+    if path:
+        Path(path).write_text(json.dumps(OUTCOMES, indent=1, sort_keys=True) + "\n")
 
 
 def fuzz_examples(default: int = 50) -> int:

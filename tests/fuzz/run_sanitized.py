@@ -31,11 +31,13 @@ are loaded through PACE_GGUF_LIB_DIR.
 
 The run environment: Python is not instrumented, so libasan and libstdc++ are preloaded
 (LD_PRELOAD), leak detection is off (Python keeps memory until exit by design), the first report
-aborts the process (halt_on_error, abort_on_error) and every report is written to
-<build>/sanitizer-logs/<run>/report.<pid> (log_path), children (the converter, its quantizer)
-included. GGML_NO_BACKTRACE=1 keeps ggml from attaching gdb. When a report kills a fuzz target,
-the case it was running is in <run>/last-case.json; every case of the run, in order (they share a
-context), in <run>/cases.jsonl.
+aborts the process (halt_on_error, abort_on_error); ASan writes its reports to
+<build>/sanitizer-logs/<target>/report.<pid> (log_path, children such as the converter and its
+quantizer included), UBSan to stderr, which lands in <target>/pytest.log (pytest runs with -s).
+GGML_NO_BACKTRACE=1 keeps ggml from attaching gdb. When a report kills a fuzz target, the case it
+was running is in <target>/last-case.json; for the state target, every case in order (cases share
+a context) is in <target>/cases.jsonl. A case that was found this way belongs, minimized, in
+tests/fuzz/corpus (see the fuzz files for the formats), where every test run replays it.
 
 Known incompatibility: test_amb_hardening.py::test_failed_reconfiguration_keeps_the_old_banks sets
 RLIMIT_AS, which ASan's shadow memory cannot live under; it is deselected here (it runs in the
@@ -66,8 +68,8 @@ TARGETS = {
                  "tests/test_amb_hardening.py", "tests/test_amb_metadata.py"],
 }
 DESELECT = ["tests/test_amb_hardening.py::test_failed_reconfiguration_keeps_the_old_banks"]
-REPORT_PATTERNS = re.compile(r"ERROR: AddressSanitizer|runtime error:|SUMMARY: (Address|UndefinedBehavior)Sanitizer"
-                             r"|AddressSanitizer:DEADLYSIGNAL|ERROR: LeakSanitizer")
+PYTEST_SUMMARY = re.compile(r"\d+ (passed|failed|error|errors|skipped|deselected)\b.* in [\d.]+s")
+REPORT_START = re.compile(r"ERROR: AddressSanitizer|: runtime error: |ERROR: LeakSanitizer|AddressSanitizer:DEADLYSIGNAL")
 
 
 def default_build_dir() -> Path:
@@ -134,10 +136,13 @@ def sanitizer_env(lib: Path, build_dir: Path, log_dir: Path, source_tree: bool) 
 
 
 def reports_in(log_dir: Path, output: str) -> list[str]:
-    """Sanitizer reports: log_path files (report.<pid>), plus any report that reached the output."""
+    """Sanitizer reports: log_path files (report.<pid>: ASan's), and those in the output (gcc's
+    UBSan runtime ignores log_path and writes to stderr, which pytest -s passes through)."""
     found = [p.read_text(errors="replace") for p in sorted(log_dir.glob("report.*"))]
-    if not found and REPORT_PATTERNS.search(output):
-        found.append(output[max(0, REPORT_PATTERNS.search(output).start() - 200):][:20000])
+    lines = output.splitlines()
+    for i, line in enumerate(lines):
+        if REPORT_START.search(line):
+            found.append("\n".join(lines[i:i + 60]))
     return found
 
 
@@ -151,7 +156,9 @@ def run_target(name: str, args, lib: Path, log_root: Path) -> dict:
     env["PACE_FUZZ_CONVERT_EXAMPLES"] = str(args.convert_examples)
     if name != "state":  # the whole-state fuzzer is the only one whose cases must be logged in order
         env.pop("PACE_FUZZ_CASE_LOG")
-    cmd = [sys.executable, "-m", "pytest", *TARGETS[name], "-q", "-p", "no:cacheprovider", "-rfE",
+    # -s: no output capture, so that what a sanitizer writes to stderr before it aborts the process
+    # reaches the log (a capture file would be lost with the process)
+    cmd = [sys.executable, "-m", "pytest", *TARGETS[name], "-q", "-s", "-p", "no:cacheprovider", "-rfE",
            *[f"--deselect={d}" for d in DESELECT], *args.pytest_args]
     print(f"\n=== {name}: {shlex.join(cmd)}", flush=True)
     start = time.monotonic()
@@ -168,9 +175,10 @@ def run_target(name: str, args, lib: Path, log_root: Path) -> dict:
     text = "".join(output)
     reports = reports_in(log_dir, text)
     stats = json.loads((log_dir / "cases.json").read_text()) if (log_dir / "cases.json").exists() else {}
-    tail = [ln for ln in text.splitlines() if ln.strip()][-3:]
+    ends = [ln.strip("= ") for ln in text.splitlines() if PYTEST_SUMMARY.search(ln)]
+    summary = ends[-1] if ends and rc >= 0 else f"killed by signal {-rc}" if rc < 0 else f"exit {rc}"
     result = {"target": name, "rc": rc, "seconds": seconds, "reports": len(reports), "cases": stats,
-              "summary": tail[-1] if tail else "", "log": str(log_dir)}
+              "summary": summary, "log": str(log_dir)}
     print(f"--- {name}: exit {rc}, {seconds:.0f} s, {len(reports)} sanitizer report(s); {result['summary']}")
     for target, outcomes in sorted(stats.items()):
         print(f"    {target}: {sum(outcomes.values())} cases ({', '.join(f'{k} {v}' for k, v in sorted(outcomes.items()))})")

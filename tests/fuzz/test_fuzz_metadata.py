@@ -45,11 +45,10 @@ CHOICE_KEYS = {"mode": ("code", "paper"), "granularity": ("ubatch", "prompt")}
 KEYS = BOOL_KEYS + ("layers",) + INT_KEYS + FLOAT_KEYS + tuple(CHOICE_KEYS)
 FIELD = {"lambda": "negative_weight"}  # PaceConfig's name of a key, where it differs
 
-# Known bug (corpus/meta-utf8-*.json): a pace.amb.* string that is not valid UTF-8, or one that the
-# error message cuts in the middle of a UTF-8 character (it quotes 40 bytes), makes the model
-# unloadable even with pace=False (UnicodeDecodeError from pace_gguf.amb.last_error). Until fixed,
-# generated strings are ASCII; set this to True then.
-NON_UTF8 = False
+# Strings that are not UTF-8, or that an error message cuts in the middle of a UTF-8 character (it
+# quotes 40 bytes), once made the model unloadable even with pace=False (corpus/meta-utf8-*.json,
+# fixed in pace-amb-params.cpp and pace_gguf.amb.last_error). False limits strings to ASCII.
+NON_UTF8 = True
 
 
 # ---- generated metadata ---------------------------------------------------------------------------
