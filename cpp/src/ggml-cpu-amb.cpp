@@ -100,7 +100,8 @@ void log_cases(const amb_op & op, const amb_work & w) {
         }
         int32_t * st = op.state(op.seq_of(t));
         const int32_t c = w.labels[t];
-        st[c == CASE_HIGH ? ST_N_HIGH : c == CASE_MID ? ST_N_MID : ST_N_LOW] += 1;
+        int32_t & count = st[c == CASE_HIGH ? ST_N_HIGH : c == CASE_MID ? ST_N_MID : ST_N_LOW];
+        count += count < INT32_MAX; // saturates: a count restored from a state may already be at the top
         const int32_t pos = op.tok[2 * t + 1];
         if (pos >= 0 && pos < op.n_pos()) {
             st[GGML_AMB_STATE_HEADER + pos] = c + 1; // + 1: a cleared entry (0) means "no token seen"

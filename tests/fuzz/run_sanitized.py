@@ -9,6 +9,7 @@ UndefinedBehaviorSanitizer, then run under them
                                               safetensors inputs (subprocesses), 2 targets
   existing  the op and runtime tests: tests/test_amb_parity.py, test_amb_runtime.py,
             test_amb_sequences.py, test_amb_hardening.py, test_amb_metadata.py
+  existing-oom  test_amb_hardening.py's out-of-memory test (see below)
 
 (each fuzz file also replays its part of tests/fuzz/corpus), and print per target the cases run,
 the time, the test result and the sanitizer reports. Exit status: 0 when every target passed with
@@ -39,9 +40,9 @@ was running is in <target>/last-case.json; for the state target, every case in o
 a context) is in <target>/cases.jsonl. A case that was found this way belongs, minimized, in
 tests/fuzz/corpus (see the fuzz files for the formats), where every test run replays it.
 
-Known incompatibility: test_amb_hardening.py::test_failed_reconfiguration_keeps_the_old_banks sets
-RLIMIT_AS, which ASan's shadow memory cannot live under; it is deselected here (it runs in the
-normal test suite).
+test_amb_hardening.py::test_failed_reconfiguration_keeps_the_old_banks runs out of memory on purpose
+(RLIMIT_AS): it runs as its own target, existing-oom, with allocator_may_return_null=1 (malloc then
+returns NULL as libc's does, instead of an ASan "out of memory" report).
 """
 
 from __future__ import annotations
@@ -66,8 +67,12 @@ TARGETS = {
     "convert": ["tests/fuzz/test_fuzz_convert.py"],
     "existing": ["tests/test_amb_parity.py", "tests/test_amb_runtime.py", "tests/test_amb_sequences.py",
                  "tests/test_amb_hardening.py", "tests/test_amb_metadata.py"],
+    "existing-oom": ["tests/test_amb_hardening.py::test_failed_reconfiguration_keeps_the_old_banks"],
 }
-DESELECT = ["tests/test_amb_hardening.py::test_failed_reconfiguration_keeps_the_old_banks"]
+# The test that runs out of memory on purpose (RLIMIT_AS) needs malloc to return NULL, as libc's
+# does, where ASan would report "out of memory": it runs alone with allocator_may_return_null=1
+# (elsewhere that stays off, so that a size computed too large is still reported).
+OOM_TEST = TARGETS["existing-oom"][0]
 PYTEST_SUMMARY = re.compile(r"\d+ (passed|failed|error|errors|skipped|deselected)\b.* in [\d.]+s")
 REPORT_START = re.compile(r"ERROR: AddressSanitizer|: runtime error: |ERROR: LeakSanitizer|AddressSanitizer:DEADLYSIGNAL")
 
@@ -154,12 +159,14 @@ def run_target(name: str, args, lib: Path, log_root: Path) -> dict:
     env = sanitizer_env(lib, args.build_dir, log_dir, args.source_tree)
     env["PACE_FUZZ_EXAMPLES"] = str(args.examples)
     env["PACE_FUZZ_CONVERT_EXAMPLES"] = str(args.convert_examples)
+    if name == "existing-oom":
+        env["ASAN_OPTIONS"] += ":allocator_may_return_null=1"
     if name != "state":  # the whole-state fuzzer is the only one whose cases must be logged in order
         env.pop("PACE_FUZZ_CASE_LOG")
     # -s: no output capture, so that what a sanitizer writes to stderr before it aborts the process
     # reaches the log (a capture file would be lost with the process)
     cmd = [sys.executable, "-m", "pytest", *TARGETS[name], "-q", "-s", "-p", "no:cacheprovider", "-rfE",
-           *[f"--deselect={d}" for d in DESELECT], *args.pytest_args]
+           *([f"--deselect={OOM_TEST}"] if name == "existing" else []), *args.pytest_args]
     print(f"\n=== {name}: {shlex.join(cmd)}", flush=True)
     start = time.monotonic()
     with open(log_dir / "pytest.log", "w") as log:
@@ -228,7 +235,7 @@ def main(argv=None) -> int:
     print("\n=== summary (ASan + UBSan)")
     for r in results:
         cases = sum(sum(o.values()) for o in r["cases"].values())
-        print(f"  {r['target']:9s} exit {r['rc']:3d}  {r['seconds']:6.0f} s  {cases:6d} cases  {r['reports']} report(s)  "
+        print(f"  {r['target']:12s} exit {r['rc']:3d}  {r['seconds']:6.0f} s  {cases:6d} cases  {r['reports']} report(s)  "
               f"{r['summary']}")
     print(f"  total: {total_cases} fuzz and corpus cases, {n_reports} sanitizer report(s), "
           f"{time.monotonic() - start:.0f} s; logs in {log_root}")
