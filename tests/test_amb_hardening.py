@@ -184,7 +184,7 @@ def test_aborted_decode_drops_its_buffered_rows(make_llm, tokens):
     still_usable(small, tokens)
 
 
-def test_failed_reconfiguration_keeps_the_old_banks(default_model_path):
+def test_failed_reconfiguration_keeps_the_old_banks(default_model_path, tmp_path):
     """A bank too large for the memory limit: the error is raised and the old configuration, with its
     bank contents, stays usable (stats, save, reset, eval). Run in a child with a memory limit."""
     script = textwrap.dedent(f"""
@@ -212,7 +212,8 @@ def test_failed_reconfiguration_keeps_the_old_banks(default_model_path):
         llm.eval(llm.tokenize(b" It is reset for a new document.", add_bos=False))
         print("usable", llm.memory_stats()[12])
     """)
-    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path, and the source folder has no library
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300, cwd=tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "refused:" in result.stdout and "failed to allocate" in result.stdout
     assert "usable" in result.stdout
