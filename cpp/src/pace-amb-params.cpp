@@ -208,13 +208,17 @@ struct gguf_keys {
         return true;
     }
     [[noreturn]] static void fail(const char * key, const typed & v, const std::string & want) {
-        std::string shown = v.value;
-        if (shown.size() > 40) { // cut at a character boundary: the message must stay valid UTF-8
-            size_t cut = 40;
-            while (cut > 0 && (shown[cut] & 0xC0) == 0x80) {
-                --cut;
-            }
-            shown = shown.substr(0, cut) + "...";
+        // The value is untrusted bytes: quote at most 40 of them, other than printable ASCII as \xNN,
+        // so that the message (also logged through llama.cpp's log callback) is short, valid UTF-8.
+        std::string shown;
+        for (size_t i = 0; i < v.value.size() && i < 40; ++i) {
+            const unsigned char c = (unsigned char) v.value[i];
+            char esc[8];
+            snprintf(esc, sizeof(esc), "\\x%02x", c);
+            shown += c >= 0x20 && c < 0x7f ? std::string(1, (char) c) : std::string(esc);
+        }
+        if (v.value.size() > 40) {
+            shown += "...";
         }
         throw std::runtime_error(format("invalid GGUF key %s (%s '%s'): expected %s", key, v.type.c_str(), shown.c_str(), want.c_str()));
     }

@@ -234,7 +234,7 @@ def main(argv=None) -> int:
     failed = [r["target"] for r in results if r["rc"] != 0]
     print("\n=== summary (ASan + UBSan)")
     for r in results:
-        cases = sum(sum(o.values()) for o in r["cases"].values())
+        cases = sum(sum(o.values()) for t, o in r["cases"].items() if t != "baseline")
         print(f"  {r['target']:12s} exit {r['rc']:3d}  {r['seconds']:6.0f} s  {cases:6d} cases  {r['reports']} report(s)  "
               f"{r['summary']}")
     print(f"  total: {total_cases} fuzz and corpus cases, {n_reports} sanitizer report(s), "

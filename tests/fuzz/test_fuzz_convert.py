@@ -53,6 +53,9 @@ def run_cli(args, cwd) -> subprocess.CompletedProcess:
 
 
 def check_refused(result: subprocess.CompletedProcess, out_dir) -> None:
+    # a sanitizer report of the child (UBSan writes to its stderr) is shown whole, for run_sanitized.py
+    for marker in ("runtime error:", "ERROR: AddressSanitizer"):
+        assert marker not in result.stderr, result.stderr[result.stderr.index(marker) - 300:][:8000]
     assert result.returncode == 1, (result.returncode, result.stderr[-3000:])
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     lines = [ln for ln in result.stderr.splitlines() if ln.startswith("pace-gguf: error:")]
