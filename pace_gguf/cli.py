@@ -14,14 +14,10 @@ import signal
 import sys
 
 from . import __version__, registry
-from .cli_args import layer_list, non_negative_float, positive_int, probability
+from .cli_args import add_amb_args, add_model_args, load_llama, non_negative_float, positive_int, probability, progress_line
 from .convert import cli as convert_cli
 from .errors import PaceError
 from .interrupts import Terminated, termination_raises
-
-
-def _progress(msg: str) -> None:
-    print(f"pace-gguf: {msg}", file=sys.stderr, flush=True)
 
 
 # --- info ------------------------------------------------------------------------------------------
@@ -53,34 +49,11 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def cmd_pull(args: argparse.Namespace) -> int:
-    print(registry.pull(args.name, progress=_progress))
+    print(registry.pull(args.name, progress=progress_line))
     return 0
 
 
 # --- chat ------------------------------------------------------------------------------------------
-
-
-def _load_llama(args: argparse.Namespace):
-    from . import Llama  # noqa: PLC0415
-
-    path = registry.resolve_model(args.model, progress=_progress)
-    return Llama(
-        model_path=str(path),
-        n_ctx=args.n_ctx,
-        n_threads=args.threads,
-        n_gpu_layers=args.n_gpu_layers,
-        seed=args.seed,
-        verbose=args.verbose,
-        pace=_pace_changes(args),
-    )
-
-
-def _pace_changes(args: argparse.Namespace) -> dict:
-    """AMB settings given on the command line, as changes to the model's pace.amb.* defaults."""
-    changes = {name: getattr(args, f"amb_{name}") for name in _AMB_FLAGS if getattr(args, f"amb_{name}") is not None}
-    if args.amb is not None:
-        changes["enabled"] = args.amb
-    return changes
 
 
 def _print_stats(llm) -> None:
@@ -169,7 +142,7 @@ def _check_chat_input(args: argparse.Namespace) -> None:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     _check_chat_input(args)
-    llm = _load_llama(args)
+    llm = load_llama(args)
     if args.prompt is not None:
         _stream_reply(llm, _initial_messages(args) + [{"role": "user", "content": args.prompt}], args)
         if args.stats:
@@ -180,37 +153,6 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 
 # --- argument parsing ----------------------------------------------------------------------------
-
-
-# CLI flag suffix -> (type, help); each maps to the PaceConfig field of the same name.
-_AMB_FLAGS = {
-    "layers": (layer_list, "0-based layers with an Activation Memory Bank, e.g. 13,28 (implies --amb)"),
-    "bank_size": (positive_int, "slots per bank (default 100)"),
-    "theta_high": (probability, "similarity above which a token reuses the bank (default 0.75)"),
-    "theta_low": (probability, "similarity above which a token fuses with the bank (default 0.25)"),
-    "alpha": (probability, "fusion weight of the retrieved activation (default 0.2)"),
-    "mode": (str, "code (released code's rules, default) or paper (Algorithm 1)"),
-    "granularity": (str, "ubatch (default) or prompt (a whole batch of up to 512 prompt tokens reads the bank as before it)"),
-}
-
-
-def _add_amb_args(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("Activation Memory Bank (defaults: the model's pace.amb.* metadata, else off)")
-    g.add_argument("--amb", action=argparse.BooleanOptionalAction, default=None, help="switch the AMB on or off")
-    for name, (kind, text) in _AMB_FLAGS.items():
-        flag = "--amb-bank" if name == "bank_size" else f"--amb-{name.replace('_', '-')}"
-        g.add_argument(flag, dest=f"amb_{name}", type=kind, default=None, help=text)
-    g.add_argument("--stats", action="store_true", help="after each answer, print per AMB layer the slots used and case counts")
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("-m", "--model", default=None,
-                   help=f"registry name or GGUF path (default: {registry.DEFAULT_MODEL})")
-    p.add_argument("--n-ctx", type=positive_int, default=4096, help="context size in tokens (default 4096)")
-    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
-    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
-    p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")
-    p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -227,14 +169,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_pull)
 
     p = sub.add_parser("chat", help="chat with a model (one answer with --prompt, else a REPL)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("-p", "--prompt", default=None, help="answer this once and exit")
     p.add_argument("--system", default=None, help="system prompt")
     p.add_argument("--temperature", type=non_negative_float, default=0.7)
     p.add_argument("--top-p", type=probability, default=0.95)
     p.add_argument("--top-k", type=int, default=40)
     p.add_argument("--max-tokens", type=positive_int, default=512)
-    _add_amb_args(p)
+    add_amb_args(p)
     p.set_defaults(func=cmd_chat)
     convert_cli.register(sub)
     return parser

@@ -1,12 +1,17 @@
-"""argparse value types shared by the pace-gguf subcommands (chat, convert, reorder).
+"""argparse pieces shared by the pace-gguf subcommands: value types (chat, convert, reorder, ...),
+and the model and AMB options of the commands that run a model.
 
-Each raises argparse.ArgumentTypeError with a message that says what was expected, which argparse
-prints as a usage error (exit status 2).
+Each value type raises argparse.ArgumentTypeError with a message that says what was expected, which
+argparse prints as a usage error (exit status 2).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from . import registry
+from .amb import GRANULARITIES, MODES
 
 
 def positive_int(text: str) -> int:
@@ -46,3 +51,69 @@ def layer_list(text: str) -> tuple[int, ...]:
     if not layers or min(layers) < 0:
         raise argparse.ArgumentTypeError(f"expected non-negative layer indices, got {text!r}")
     return layers
+
+
+# --- pieces shared by the subcommands that load a model (chat, ask, summarize, serve) ----------------
+
+
+def progress_line(msg: str) -> None:
+    """One `pace-gguf: ...` status line on stderr (stdout carries only answers)."""
+    print(f"pace-gguf: {msg}", file=sys.stderr, flush=True)
+
+
+# CLI flag suffix -> (argparse keywords, help); each maps to the PaceConfig field of the same name.
+AMB_FLAGS = {
+    "layers": ({"type": layer_list}, "0-based layers with an Activation Memory Bank, e.g. 12,26 (implies --amb)"),
+    "bank_size": ({"type": positive_int}, "slots per bank (default 100)"),
+    "theta_high": ({"type": probability}, "similarity above which a token reuses the bank (default 0.75)"),
+    "theta_low": ({"type": probability}, "similarity above which a token fuses with the bank (default 0.25)"),
+    "alpha": ({"type": probability}, "fusion weight of the retrieved activation (default 0.2)"),
+    "mode": ({"choices": MODES}, "code (released code's rules, default) or paper (Algorithm 1)"),
+    "granularity": ({"choices": GRANULARITIES},
+                    "ubatch (default) or prompt (a whole batch of up to n_batch prompt tokens reads the bank as before it)"),
+}
+
+
+def add_amb_args(p: argparse.ArgumentParser, stats: bool = True) -> None:
+    g = p.add_argument_group("Activation Memory Bank (defaults: the model's pace.amb.* metadata, else off)")
+    g.add_argument("--amb", action=argparse.BooleanOptionalAction, default=None, help="switch the AMB on or off")
+    for name, (kind, text) in AMB_FLAGS.items():
+        flag = "--amb-bank" if name == "bank_size" else f"--amb-{name.replace('_', '-')}"
+        g.add_argument(flag, dest=f"amb_{name}", default=None, help=text, **kind)
+    if stats:
+        g.add_argument("--stats", action="store_true", help="after each answer, print per AMB layer the slots used and case counts")
+
+
+def pace_changes(args: argparse.Namespace) -> dict:
+    """AMB settings given on the command line, as changes to the model's pace.amb.* defaults."""
+    changes = {name: getattr(args, f"amb_{name}") for name in AMB_FLAGS if getattr(args, f"amb_{name}") is not None}
+    if args.amb is not None:
+        changes["enabled"] = args.amb
+    return changes
+
+
+def add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
+    p.add_argument("-m", "--model", default=None,
+                   help=f"registry name or GGUF path (default: {registry.DEFAULT_MODEL})")
+    p.add_argument("--n-ctx", type=positive_int, default=n_ctx, help=f"context size in tokens (default {n_ctx})")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
+    p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
+    p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")
+    p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+
+
+def load_llama(args: argparse.Namespace, **kwargs):
+    """The model and context the model and AMB flags describe (kwargs: more Llama arguments)."""
+    from . import Llama  # noqa: PLC0415 (loads llama.cpp: only when a command needs it)
+
+    path = registry.resolve_model(args.model, progress=progress_line)
+    return Llama(
+        model_path=str(path),
+        n_ctx=args.n_ctx,
+        n_threads=args.threads,
+        n_gpu_layers=args.n_gpu_layers,
+        seed=args.seed,
+        verbose=args.verbose,
+        pace=pace_changes(args),
+        **kwargs,
+    )
