@@ -27,3 +27,7 @@ class ContextCreationError(PaceError, ValueError):
 
 class ContextOverflowError(PaceError, ValueError):
     """Input that does not fit in the context window (never truncated silently)."""
+
+
+class DocumentError(PaceError, ValueError):
+    """An input document that is missing, unreadable, empty, binary or in an encoding we cannot read."""
