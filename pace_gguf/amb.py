@@ -247,3 +247,10 @@ def cases(ctx_ptr, layer: int, n_pos: int, seq_id: int = 0) -> np.ndarray:
 
 def memory_size(ctx_ptr) -> int:
     return _bind("llama_pace_amb_memory_size", ctypes.c_size_t, [ctypes.c_void_p])(ctx_ptr)
+
+
+def evict(ctx_ptr, seq_id: int, p0: int, p1: int) -> None:
+    """Evict positions [p0, p1) of a sequence, moving later ones down, keeping its banks."""
+    fn = _bind("llama_pace_amb_evict", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
+    if fn(ctx_ptr, seq_id, p0, p1) < 0:
+        raise PaceError(last_error() or "evict failed")

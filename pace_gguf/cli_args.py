@@ -95,7 +95,11 @@ def pace_changes(args: argparse.Namespace) -> dict:
 def add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
     p.add_argument("-m", "--model", default=None,
                    help=f"registry name or GGUF path (default: {registry.DEFAULT_MODEL})")
-    p.add_argument("--n-ctx", type=positive_int, default=n_ctx, help=f"context size in tokens (default {n_ctx})")
+    if n_ctx:
+        p.add_argument("--n-ctx", type=positive_int, default=n_ctx, help=f"context size in tokens (default {n_ctx})")
+    else:
+        p.add_argument("--n-ctx", type=non_negative_int, default=0,
+                       help="context size in tokens (default 0: the model's training context)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
     p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")

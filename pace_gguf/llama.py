@@ -9,9 +9,13 @@ It is a drop-in: same constructor and methods. What it adds:
 * `build_id`, the identity of the native library actually in use.
 
 AMB and llama-cpp-python's prompt-prefix reuse: a bank cannot "un-store" the tokens of a dropped
-suffix, so with AMB enabled every `generate()` re-evaluates its prompt from a freshly reset bank.
-The result is exactly what a new context would give; the cost is re-doing the prompt. Saved states
-(`save_state()`/`load_state()`, and llama-cpp-python's prompt cache built on them) carry the bank.
+suffix. With the AMB on, `generate()` keeps the cached context only when the new prompt continues
+everything the context holds (the next turn of the same conversation: the bank goes on as in one
+long context); any other prompt is evaluated from a freshly reset bank, as a new context would.
+Saved states (`save_state()`/`load_state()`, and llama-cpp-python's prompt cache built on them)
+carry the bank.
+
+`ask()` and `summarize()` read documents of any length (see pace_gguf.longdoc).
 """
 
 from __future__ import annotations
@@ -122,6 +126,40 @@ class Llama(_llama_cpp.Llama):
     def amb_memory_bytes(self) -> int:
         return amb.memory_size(self._ctx.ctx)
 
+    def evict_window(self, p0: int, p1: int, seq_id: int = 0) -> None:
+        """Evict cached positions [p0, p1) and move the later ones down (llama.cpp's context shift),
+        keeping the AMB banks: what left the window still acts through them. The token history that
+        llama-cpp-python keeps follows, so the next `eval`/`generate` continues after the window."""
+        n = self.n_tokens
+        if not 0 <= p0 < p1 <= n:
+            raise PaceError(f"evict_window: need 0 <= p0 < p1 <= {n} (the cached tokens), got [{p0}, {p1})")
+        amb.evict(self._ctx.ctx, seq_id, p0, p1)
+        self.input_ids[p0:n - (p1 - p0)] = self.input_ids[p1:n].copy()
+        self.n_tokens = n - (p1 - p0)
+
+    # -- long documents (pace_gguf.longdoc) ---------------------------------------------------------
+
+    def ask(self, source, question: str, *, strategy: str = "auto", **options):
+        """Answer `question` about `source`: a text (str), a file (pathlib.Path; "-" is stdin), a
+        Document, or a list of these, of any length. `strategy`: "auto" (direct when it fits, else
+        map-reduce), "direct", "map-reduce", "refine", "stream" or "error". Options: max_tokens,
+        chunk_tokens, overlap, system, stream=True (returns an iterator of text pieces whose
+        `.result` is the ReadResult), on_text (callback per piece), progress (callback per prefill
+        batch), and sampling arguments of create_completion (temperature defaults to 0).
+        Returns a `pace_gguf.longdoc.ReadResult`."""
+        from . import longdoc  # noqa: PLC0415
+
+        return longdoc.read(self, "ask", source, question, strategy=strategy, **options)
+
+    def summarize(self, source, *, strategy: str = "auto", length: str | int = "medium", style: str = "paragraph",
+                  **options):
+        """Summarize `source` (as in `ask`). `length`: "short", "medium", "long" or a number of tokens;
+        `style`: "paragraph" or "bullets". Long inputs default to map-reduce. Returns a ReadResult
+        (or a stream, as in `ask`)."""
+        from . import longdoc  # noqa: PLC0415
+
+        return longdoc.read(self, "summarize", source, strategy=strategy, length=length, style=style, **options)
+
     # -- llama-cpp-python overrides ----------------------------------------------------------------
 
     @property
@@ -153,7 +191,7 @@ class Llama(_llama_cpp.Llama):
         return _overflow_checked(result) if kwargs.get("stream") else result
 
     def generate(self, tokens, *args, **kwargs):
-        if kwargs.get("reset", True) and self.amb_enabled:
+        if kwargs.get("reset", True) and self.amb_enabled and not self._continues_context(tokens):
             self.n_tokens = 0  # no prefix reuse: see the module docstring
         n_prompt = len(tokens)
         try:
@@ -166,6 +204,15 @@ class Llama(_llama_cpp.Llama):
                 f"the answer ran out of context after {self.n_tokens - n_prompt + 1} tokens (the prompt took "
                 f"{n_prompt} of {self._capacity}); use a larger n_ctx (--n-ctx) or a smaller max_tokens (--max-tokens)"
             ) from exc
+
+    def _continues_context(self, tokens) -> bool:
+        """Whether llama-cpp-python's prefix reuse would keep every cached position: the prompt is the
+        cached tokens plus more (or exactly them, with their logits still live). Any shorter reuse
+        removes positions the bank absorbed, which empties it while the cache keeps the prefix."""
+        n = self.n_tokens
+        if n == 0 or len(tokens) < n or list(tokens[:n]) != self.input_ids[:n].tolist():
+            return False
+        return len(tokens) > n or not self._requires_eval
 
     def load_state(self, state) -> None:
         try:

@@ -53,6 +53,7 @@ struct llama_pace_amb {
     std::string model_params_error; // why the model's pace.amb.* keys were rejected (AMB then off)
     uint64_t    generation = 0;
     bool        prompt_span_open = false;
+    bool        evicting = false; // inside llama_pace_amb_evict: its own seq_rm/seq_add keep the banks
 
     struct seq_info {
         llama_pos pos_min = -1; // range of positions absorbed by the bank since its last reset
@@ -102,6 +103,9 @@ struct llama_pace_amb {
     void on_seq_cp(llama_seq_id src, llama_seq_id dst, llama_pos p0, llama_pos p1);
     void on_seq_keep(llama_seq_id seq_id);
     void on_seq_shift(llama_seq_id seq_id, llama_pos p0, llama_pos p1);
+    // After llama_pace_amb_evict removed [p0, p1) and moved the later positions down: the banks stay,
+    // their absorbed range and case log follow the positions.
+    void on_evicted(llama_seq_id seq_id, llama_pos p0, llama_pos p1);
 };
 
 // ---- session state (pace-amb-memory.cpp) ----------------------------------------------------------

@@ -309,6 +309,9 @@ void llama_pace_amb::on_clear() {
 }
 
 void llama_pace_amb::on_seq_rm(llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
+    if (evicting) {
+        return; // on_evicted follows
+    }
     for_seqs(*this, seq_id, [&](llama_seq_id s) {
         switch (range_overlap(seqs[s], p0, p1)) {
             case overlap::none: break;
@@ -339,12 +342,37 @@ void llama_pace_amb::on_seq_keep(llama_seq_id seq_id) {
 }
 
 void llama_pace_amb::on_seq_shift(llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
+    if (evicting) {
+        return; // on_evicted follows
+    }
     for_seqs(*this, seq_id, [&](llama_seq_id s) {
         // Moving positions (context shift) leaves the bank describing tokens at other places.
         if (range_overlap(seqs[s], p0, p1) != overlap::none) {
             invalidate(s, "a position shift");
         }
     });
+}
+
+void llama_pace_amb::on_evicted(llama_seq_id s, llama_pos p0, llama_pos p1) {
+    const llama_pos n = p1 - p0;
+    // The case log is per position: entries of the moved tokens move with them, the freed tail is cleared.
+    for (auto & l : banks.layers) {
+        int32_t * log = state_of(l, s) + GGML_AMB_STATE_HEADER;
+        const llama_pos end = (llama_pos) n_pos;
+        if (p1 < end) {
+            std::memmove(log + p0, log + p1, (size_t) (end - p1) * sizeof(int32_t));
+        }
+        const llama_pos tail = std::max(p0, end - n);
+        std::memset(log + tail, 0, (size_t) (end - tail) * sizeof(int32_t));
+    }
+    seq_info & si = seqs[s];
+    if (si.empty() || si.pos_max < p0) {
+        return;
+    }
+    // What the bank took from evicted tokens is counted at p0, the first position after the kept
+    // prefix: a later removal that reaches p0 (an undo, a clear) still empties the bank.
+    si.pos_min = si.pos_min < p0 ? si.pos_min : std::max(p0, si.pos_min - n);
+    si.pos_max = si.pos_max >= p1 ? si.pos_max - n : p0;
 }
 
 // ---- graph -------------------------------------------------------------------------------------------
@@ -637,6 +665,41 @@ int32_t llama_pace_amb_get_cases(const struct llama_context * ctx, llama_seq_id 
         out[i] = log[i] - 1; // the log stores case + 1, so that 0 (cleared) reads as -1 (unknown)
     }
     return n;
+}
+
+int32_t llama_pace_amb_evict(struct llama_context * ctx, llama_seq_id seq_id, llama_pos p0, llama_pos p1) {
+    llama_memory_t mem = llama_get_memory(ctx);
+    if (!mem) {
+        return fail("this context has no memory module to evict positions from");
+    }
+    if (seq_id < 0 || p0 < 0 || p1 <= p0) {
+        return fail(format("evict: need seq_id >= 0 and 0 <= p0 < p1, got seq_id %d, [%d, %d)", seq_id, p0, p1));
+    }
+    if (!llama_memory_can_shift(mem)) {
+        return fail("this context's memory cannot shift positions (e.g. a recurrent model or M-RoPE), so it cannot evict a window");
+    }
+    const llama_pos pos_max = llama_memory_seq_pos_max(mem, seq_id);
+    if (p1 > pos_max + 1) {
+        return fail(format("evict: [%d, %d) reaches beyond the last position of seq %d (%d)", p0, p1, seq_id, pos_max));
+    }
+    auto * amb = synced_amb(ctx);
+    if (amb && !amb->valid_seq(seq_id)) {
+        return fail(format("seq_id %d is out of range [0, %u)", seq_id, amb->n_seq));
+    }
+    if (amb) {
+        amb->evicting = true;
+    }
+    const bool removed = llama_memory_seq_rm(mem, seq_id, p0, p1);
+    if (removed) {
+        llama_memory_seq_add(mem, seq_id, p1, -1, -(p1 - p0));
+    }
+    if (amb) {
+        amb->evicting = false;
+        if (removed) {
+            amb->on_evicted(seq_id, p0, p1);
+        }
+    }
+    return removed ? 0 : fail(format("evict: the memory could not remove [%d, %d) of seq %d", p0, p1, seq_id));
 }
 
 size_t llama_pace_amb_memory_size(const struct llama_context * ctx) {
