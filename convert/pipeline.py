@@ -11,16 +11,15 @@ those whose process is gone.
 from __future__ import annotations
 
 import os
-import re
 import resource
 import sys
-import tempfile
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from pace_gguf.atomic_files import publish, remove_stale_parts, temp_paths
 
 from .errors import ConvertError
 from .gguf_stream import ELEMENT_SIZE, read_gguf, type_name
@@ -33,9 +32,6 @@ AMB_KEYS = {
 }
 # pace.amb.* names that PaceConfig spells differently ("lambda" is a Python keyword)
 _CONFIG_FIELDS = {"lambda": "negative_weight"}
-# Temp file names: .OUT.pace-gguf-<pid>-<random>.part<i>, the pid of the process writing them.
-_PART_TAG = "pace-gguf-"
-_PART_NAME = re.compile(r"^\..+\." + _PART_TAG + r"(\d+)-[^.]+\.part\d+$")
 
 
 @dataclass
@@ -96,36 +92,10 @@ def _check_amb(amb: dict, n_layer: int | None) -> None:
     if n_layer is None:
         raise ConvertError("cannot check the --amb-* settings: the input does not say how many layers the model has")
     changes = {_CONFIG_FIELDS.get(name, name): value for name, value in amb.items()}
-    if "layers" in changes:
-        changes["layers"] = tuple(changes["layers"])
     try:
-        validate_config(PaceConfig().replace(**changes), n_layer)
+        validate_config(PaceConfig().with_changes(changes), n_layer)
     except PaceConfigError as exc:
         raise ConvertError(str(exc)) from None
-
-
-@contextmanager
-def _temp_paths(out: Path, n: int):
-    """n hidden temp file paths next to `out`, removed on exit whatever happens."""
-    paths = []
-    try:
-        for i in range(n):
-            fd, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.{_PART_TAG}{os.getpid()}-",
-                                        suffix=f".part{i}")
-            os.close(fd)
-            paths.append(Path(name))
-        yield paths
-    finally:
-        for p in paths:
-            p.unlink(missing_ok=True)
-
-
-def _publish(tmp: Path, out: Path) -> None:
-    """Atomic rename into place, with the permissions a normal new file gets (mkstemp makes 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, out)
 
 
 def _prepare_output(src: Path, out: Path) -> Path:
@@ -139,28 +109,8 @@ def _prepare_output(src: Path, out: Path) -> Path:
         raise ConvertError("output and input are the same file; write to another name")
     if not os.access(out.parent, os.W_OK):
         raise ConvertError(f"output folder is not writable: {out.parent}")
-    _remove_stale_parts(out.parent)
+    remove_stale_parts(out.parent)
     return out
-
-
-def _remove_stale_parts(folder: Path) -> None:
-    for path in folder.iterdir():
-        m = _PART_NAME.match(path.name)
-        if m and not _process_exists(int(m.group(1))):
-            try:
-                path.unlink(missing_ok=True)
-            except OSError:                         # e.g. another user's, in a sticky folder: not ours to fail on
-                pass
-
-
-def _process_exists(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:                         # someone else's process
-        return True
-    return True
 
 
 def _hf_outtype(src: Path, quant: str) -> str:
@@ -206,7 +156,7 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
         if opts.quant in FLOAT_TARGETS:
             raise ConvertError(f"--imatrix only applies to quantized types, not {opts.quant}")
 
-    with _temp_paths(out, 3) as (t_upstream, t_reordered, t_quant):
+    with temp_paths(out, 3) as (t_upstream, t_reordered, t_quant):
         if source is None:
             from .hf import check_hf_folder, run_upstream_converter  # noqa: PLC0415
             check_hf_folder(src)
@@ -228,7 +178,7 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
             quantize(t_reordered, t_quant, opts.quant, imatrix=imatrix, nthread=opts.threads,
                      show_progress=opts.progress)
             final = t_quant
-        _publish(final, out)
+        publish(final, out)
     return ConvertSummary(out, time.perf_counter() - t0, out.stat().st_size, _peak_rss_mb(), opts.quant,
                           opts.experts, objectives["objective"])
 
@@ -311,7 +261,7 @@ def reorder(src, out, *, experts: int = 64, seed: int = 0, requantize: bool = Fa
     quantized = [t.name for t in source.tensors if t.name.endswith("ffn_down.weight") and t.type not in ELEMENT_SIZE]
     if quantized and not requantize:
         plan_reorder(source, experts)                 # raises the explanatory error
-    with _temp_paths(out, 3) as (t_f32, t_reordered, t_quant):
+    with temp_paths(out, 3) as (t_f32, t_reordered, t_quant):
         qtype = None
         if quantized:
             qtype = _file_quant_name(source)
@@ -329,7 +279,7 @@ def reorder(src, out, *, experts: int = 64, seed: int = 0, requantize: bool = Fa
             notes.append(f"--requantize cost: ffn_down weights requantized to {qtype} after CE differ from the "
                          f"input's by a relative RMS error of {err:.2e} (a second rounding on top of the "
                          "original one; converting from the F16/BF16 original avoids it)")
-        _publish(final, out)
+        publish(final, out)
     return ConvertSummary(out, time.perf_counter() - t0, out.stat().st_size, _peak_rss_mb(),
                           qtype or type_name(source.tensors[0].type), experts, objectives["objective"], notes)
 

@@ -1,5 +1,5 @@
-"""The Activation Memory Bank from Python: configuration and the ctypes layer over llama.h's
-`llama_pace_amb_*` functions (implemented in cpp/src/pace-amb.cpp).
+"""The Activation Memory Bank from Python: configuration and the ctypes layer over the
+`llama_pace_amb_*` functions of cpp/src/pace.h (implemented in cpp/src/pace-amb.cpp).
 
 Validation lives in one place, the C library: `set_params` rejects invalid values with a message
 that names the parameter, and this module raises it as `PaceConfigError`.
@@ -101,6 +101,16 @@ class PaceConfig:
         if unknown:
             raise PaceConfigError(f"unknown AMB setting(s): {', '.join(unknown)}")
         return dataclasses.replace(self, **changes)
+
+    def with_changes(self, changes: dict) -> "PaceConfig":
+        """These settings with a dict of changes applied (Llama's `pace=` dict, the CLI's AMB flags,
+        a server request's "pace"): `layers` may be any sequence, and naming layers switches the
+        AMB on (an empty list: off) unless `enabled` is given too."""
+        changes = dict(changes)
+        if "layers" in changes:
+            changes["layers"] = tuple(changes["layers"])
+            changes.setdefault("enabled", bool(changes["layers"]))
+        return self.replace(**changes)
 
     # -- conversion to and from the C struct ----------------------------------------------------
 

@@ -9,8 +9,6 @@ the output pipe early with 141, quietly, like a Unix tool killed by SIGPIPE.
 from __future__ import annotations
 
 import argparse
-import ctypes
-import dataclasses
 import json
 import os
 import re
@@ -18,14 +16,14 @@ import signal
 import sys
 from pathlib import Path
 
-from . import __version__, _native, amb, registry
-from .cli_args import add_amb_args, add_model_args, load_llama, non_negative_float, positive_int, probability, progress_line
-from . import cli_longdoc
+from . import __version__, registry
+from .cli_args import (add_amb_args, add_model_args, add_model_argument, load_llama, model_name, non_negative_float,
+                       port_number, positive_int, probability, progress_line)
+from . import chat_session, cli_longdoc
 from .convert import cli as convert_cli
 from .documents import read_path
 from .errors import ContextOverflowError, PaceError
-from .interrupts import Terminated, deferred, termination_raises
-from .paths import sha256_file
+from .interrupts import Terminated, termination_raises
 
 
 # --- info ------------------------------------------------------------------------------------------
@@ -218,138 +216,17 @@ def _add_file(llm, args: argparse.Namespace, messages: list[dict], path: Path) -
     return _with_user_message(messages, content)
 
 
-# --- chat sessions: /save and /load ----------------------------------------------------------------
-#
-# PATH is llama.cpp's own session file (llama_state_save_file: the tokens in the context, the KV
-# cache and, in pace-gguf's build, the AMB banks); PATH.json holds the conversation, the identity
-# of the model and context it belongs to, and PATH's sha256, so that a damaged, truncated or
-# mismatched pair is refused before llama.cpp reads it.
-
-SESSION_FORMAT = "pace-gguf chat session"
-SESSION_VERSION = 1
-
-
-def _sidecar(path: Path) -> Path:
-    return path.with_name(path.name + ".json")
-
-
-def _session_identity(llm) -> dict:
-    """What a saved context needs to be loaded into: the same model, library, context size and AMB."""
-    model = Path(llm.model_path)
-    identity = {"model": model.name, "model size": model.stat().st_size, "build": llm.build_id,
-                "n_ctx": llm._capacity,  # the size asked for: llama.cpp rounds it up (300 -> 512)
-                "AMB": dataclasses.asdict(llm.pace) if llm.amb_enabled else "off"}
-    return json.loads(json.dumps(identity))  # as it reads back from JSON (tuples become lists)
-
-
-def _identity_differences(saved: dict, ours: dict) -> list[str]:
-    differences = []
-    for key, value in ours.items():
-        theirs = saved.get(key)
-        if isinstance(theirs, dict) and isinstance(value, dict):  # the AMB on in both: which settings differ
-            differences += [f"AMB {k} {_shown(theirs.get(k))} (this chat: {_shown(v)})"
-                            for k, v in value.items() if theirs.get(k) != v]
-        elif theirs != value:
-            differences.append(f"{key} {_shown(theirs)} (this chat: {_shown(value)})")
-    return differences
-
-
-def _shown(value) -> str:
-    if isinstance(value, dict):
-        return "on"
-    return f"{value:.6g}" if isinstance(value, float) else str(value)  # AMB floats are float32: 0.2 is 0.200000003
-
+# /save and /load: the session files are pace_gguf.chat_session's; the REPL prints what happened
 
 def _save_session(llm, args: argparse.Namespace, messages: list[dict], path: Path) -> list[dict]:
-    from .convert.pipeline import _publish, _temp_paths  # noqa: PLC0415 (hidden temp files, atomic rename)
-
-    if path.is_dir():
-        raise PaceError(f"{path}: is a folder; give a file name, such as {path / 'chat.session'}")
-    if not path.parent.is_dir():
-        raise PaceError(f"{path}: its folder does not exist")
-    tokens = llm.input_ids[:llm.n_tokens].tolist()
-    try:
-        with _temp_paths(path, 2) as (state_tmp, sidecar_tmp):
-            with deferred():  # llama.cpp logs through a Python callback (see interrupts)
-                saved = _native_api().llama_state_save_file(
-                    llm._ctx.ctx, os.fsencode(state_tmp), (_native_api().llama_token * len(tokens))(*tokens), len(tokens))
-            if not saved:
-                raise PaceError(f"{path}: llama.cpp could not write the session (disk full?)")
-            session = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "identity": _session_identity(llm),
-                       "sha256": sha256_file(state_tmp), "messages": messages}
-            sidecar_tmp.write_text(json.dumps(session, ensure_ascii=False, indent=1), encoding="utf-8")
-            _publish(state_tmp, path)
-            _publish(sidecar_tmp, _sidecar(path))
-    except OSError as exc:
-        raise PaceError(f"{path}: cannot save the session there: {exc.strerror or exc}") from None
-    print(f"(saved {len(messages)} messages and {len(tokens)} tokens of context to {path} and {_sidecar(path).name})",
-          file=sys.stderr)
+    print(f"({chat_session.save_session(llm, path, messages)})", file=sys.stderr)
     return messages
 
 
 def _load_session(llm, args: argparse.Namespace, messages: list[dict], path: Path) -> list[dict]:
-    """The saved conversation, its context loaded into `llm`. Refused (conversation and context
-    unchanged) unless the pair is intact and belongs to this model and context."""
-    session = _read_session(path)
-    differences = _identity_differences(session["identity"], _session_identity(llm))
-    if differences:
-        raise PaceError(f"{path}: saved with another setup: {'; '.join(differences)}")
-    if sha256_file(path) != session["sha256"]:
-        raise PaceError(f"{path}: damaged or incomplete (it does not match {_sidecar(path).name}); not loaded")
-    _load_context(llm, path)
-    print(f"(loaded {path}: {len(session['messages'])} messages, {llm.n_tokens} tokens of context)", file=sys.stderr)
-    return session["messages"]
-
-
-def _read_session(path: Path) -> dict:
-    """PATH.json, checked; PATH must exist beside it."""
-    sidecar = _sidecar(path)
-    if path.is_dir() or not path.exists():
-        raise PaceError(f"{path}: {'is a folder' if path.is_dir() else 'no such file'}; give the PATH used with /save")
-    try:
-        session = json.loads(sidecar.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PaceError(f"{sidecar}: no such file (a saved session is two files, {path.name} and {sidecar.name})") from None
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise PaceError(f"{sidecar}: not a pace-gguf chat session: {exc}") from None
-    if not (isinstance(session, dict) and session.get("format") == SESSION_FORMAT
-            and isinstance(session.get("identity"), dict) and isinstance(session.get("sha256"), str)
-            and _is_conversation(session.get("messages"))):
-        raise PaceError(f"{sidecar}: not a pace-gguf chat session (or a damaged one)")
-    if session.get("version") != SESSION_VERSION:
-        raise PaceError(f"{sidecar}: a session of format version {session.get('version')}; this pace-gguf reads {SESSION_VERSION}")
-    return session
-
-
-def _is_conversation(messages) -> bool:
-    return isinstance(messages, list) and all(
-        isinstance(m, dict) and set(m) == {"role", "content"} and m["role"] in ("system", "user", "assistant")
-        and isinstance(m["content"], str) for m in messages)
-
-
-def _load_context(llm, path: Path) -> None:
-    """Load llama.cpp's session file and tell llama-cpp-python which tokens the context now holds
-    (as its Llama.load_state does), so the next answer reuses them."""
-    api = _native_api()
-    capacity = llm._capacity
-    tokens, count = (api.llama_token * capacity)(), ctypes.c_size_t(0)
-    error_before = amb.last_error()
-    with deferred():
-        loaded = api.llama_state_load_file(llm._ctx.ctx, os.fsencode(path), tokens, capacity, ctypes.byref(count))
-    if not loaded:
-        # llama.cpp may have read part of the state before it failed: empty the context (KV cache
-        # and AMB banks); the next answer evaluates the conversation again.
-        llm._ctx.kv_cache_clear()
-        llm.n_tokens = 0
-        reason = amb.last_error() if amb.last_error() != error_before else "it does not match this context"
-        raise PaceError(f"{path}: llama.cpp could not load it ({reason}); the conversation is kept, its context will be recomputed")
-    llm.input_ids[:count.value] = tokens[:count.value]
-    llm.n_tokens = count.value
-    llm._requires_eval = True  # the logits of the last token are not part of the session
-
-
-def _native_api():
-    return _native.llama_cpp_module().llama_cpp
+    loaded = chat_session.load_session(llm, path)
+    print(f"(loaded {path}: {len(loaded)} messages, {llm.n_tokens} tokens of context)", file=sys.stderr)
+    return loaded
 
 
 def _check_chat_input(args: argparse.Namespace) -> None:
@@ -381,12 +258,9 @@ def cmd_estimate(args: argparse.Namespace) -> int:
     from . import estimate  # noqa: PLC0415
     from .cli_args import pace_changes  # noqa: PLC0415
 
-    if args.model_name and args.model and args.model_name != args.model:
-        raise PaceError(f"two models given ({args.model_name} and -m {args.model}): give one")
-    name = args.model or args.model_name
-    path = registry.resolve_model(name, progress=progress_line)
-    result = estimate.estimate(path, args.n_ctx, pace=pace_changes(args), n_gpu_layers=args.n_gpu_layers,
-                               model_name=name or registry.DEFAULT_MODEL)
+    name = model_name(args) or registry.DEFAULT_MODEL
+    registry.resolve_model(name, progress=progress_line)  # a download says so
+    result = estimate.estimate(name, args.n_ctx, pace=pace_changes(args), n_gpu_layers=args.n_gpu_layers)
     print(json.dumps(estimate.to_json(result), indent=2) if args.json else estimate.report(result))
     return 0
 
@@ -394,19 +268,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 # --- serve -----------------------------------------------------------------------------------------
 
 
-def port_number(text: str) -> int:
-    value = int(text)
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text}")
-    return value
-
-
 def cmd_serve(args: argparse.Namespace) -> int:
     from . import server  # noqa: PLC0415 (the optional server extra: imported only to serve)
 
-    if args.model_name and args.model and args.model_name != args.model:
-        raise PaceError(f"two models given ({args.model_name} and -m {args.model}): give one")
-    args.model = args.model or args.model_name
+    args.model = model_name(args)
     name = args.model or registry.DEFAULT_MODEL
     sock = server.listen(args.host, args.port)  # before loading: a busy port is reported at once
     llm = load_llama(args)
@@ -451,7 +316,7 @@ def build_parser() -> argparse.ArgumentParser:
         "loading the weights: one row per component (MiB), and whether the total fits the available RAM (and, "
         "with --n-gpu-layers on a GPU build, the GPU's free memory). Options that only matter to a run "
         "(--threads, --seed) are accepted, so a chat command line can be reused.")
-    p.add_argument("model_name", nargs="?", default=None, metavar="MODEL", help="registry name or GGUF path (same as -m)")
+    add_model_argument(p)
     add_model_args(p)
     p.add_argument("--json", action="store_true", help="print the estimate as JSON (bytes)")
     add_amb_args(p, stats=False)
@@ -462,7 +327,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="llama-cpp-python's OpenAI-compatible server (/v1/chat/completions, /v1/completions, streaming) "
         "on pace-gguf's runtime. The AMB flags set the server's defaults; a request may carry \"pace\": {...} "
         "(e.g. {\"layers\": [12, 26]}) or true/false for its own. One request is answered at a time; the others wait.")
-    p.add_argument("model_name", nargs="?", default=None, metavar="MODEL", help="registry name or GGUF path (same as -m)")
+    add_model_argument(p)
     add_model_args(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8000, help="port to listen on (default 8000; 0: a free one, printed)")

@@ -12,6 +12,7 @@ import sys
 
 from . import registry
 from .amb import GRANULARITIES, MODES
+from .errors import PaceError
 
 
 def positive_int(text: str) -> int:
@@ -39,6 +40,13 @@ def probability(text: str) -> float:
     value = float(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError(f"must be in [0, 1], got {text}")
+    return value
+
+
+def port_number(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be a port number in 0..65535, got {text}")
     return value
 
 
@@ -104,6 +112,18 @@ def add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
     p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
+
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    """The model as an optional positional MODEL, besides -m (see model_name)."""
+    p.add_argument("model_name", nargs="?", default=None, metavar="MODEL", help="registry name or GGUF path (same as -m)")
+
+
+def model_name(args: argparse.Namespace) -> str | None:
+    """The model given as MODEL or with -m (None: neither, the default model)."""
+    if args.model_name and args.model and args.model_name != args.model:
+        raise PaceError(f"two models given ({args.model_name} and -m {args.model}): give one")
+    return args.model or args.model_name
 
 
 def load_llama(args: argparse.Namespace, **kwargs):

@@ -37,6 +37,7 @@ from ._native import llama_cpp_module
 from .amb import PaceConfig, PaceMetadataWarning
 from .errors import ModelFileError
 from .interrupts import deferred
+from .registry import resolve_model
 
 MiB = 2**20
 
@@ -88,7 +89,8 @@ class ModelShape:
     header_bytes: int  # everything before the tensor data (metadata, tokenizer, tensor infos)
     layer_weights: list[int]  # tensor bytes of blk.<i>.*
     input_weights: int  # token embeddings and other tensors outside the layers (stay on the CPU)
-    output_weights: int  # output.* (the output layer; tied to the embeddings when 0)
+    output_weights: int  # output.* (the output layer)
+    tied_output_weights: int  # without an output.weight, the output uses token_embd.weight: its size, else 0
     has_pace_keys: bool
 
     @property
@@ -126,10 +128,15 @@ class _Header:
             return None
         return self.lib.gguf_get_arr_n(self.ctx, key)
 
+    def keys(self):
+        for i in range(self.lib.gguf_get_n_kv(self.ctx)):
+            yield self.lib.gguf_get_key(self.ctx, i)
+
     def tensors(self):
         """(name, bytes) of every tensor."""
         for i in range(self.lib.gguf_get_n_tensors(self.ctx)):
-            yield self.lib.gguf_get_tensor_name(self.ctx, i).decode(errors="replace"), self.lib.gguf_get_tensor_size(self.ctx, i)
+            name = self.lib.gguf_get_tensor_name(self.ctx, i).decode(errors="replace")
+            yield name, self.lib.gguf_get_tensor_size(self.ctx, i)
 
 
 def _header_api() -> ctypes.CDLL:
@@ -139,6 +146,8 @@ def _header_api() -> ctypes.CDLL:
         ("gguf_get_arr_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
         ("gguf_get_arr_data", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int64]),
         ("gguf_get_tensor_name", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
+        ("gguf_get_n_kv", ctypes.c_int64, [ctypes.c_void_p]),
+        ("gguf_get_key", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
     ]:
         fn = getattr(lib, name)
         fn.restype, fn.argtypes = restype, argtypes
@@ -177,7 +186,8 @@ def read_shape(path: str | Path) -> ModelShape:
 
 def _shape(h: _Header, arch: str, path: Path, data_offset: int) -> ModelShape:
     def one(name: str, default: int | None = None) -> int:
-        return _per_layer(h.ints(f"{arch}.{name}"), 1, None if default is None else [default], f"{arch}.{name}", path)[0]
+        key = f"{arch}.{name}"
+        return _per_layer(h.ints(key), 1, None if default is None else [default], key, path)[0]
 
     n_layer = one("block_count")
     n_embd = one("embedding_length")
@@ -186,8 +196,8 @@ def _shape(h: _Header, arch: str, path: Path, data_offset: int) -> ModelShape:
     # n_embd / n_head values
     n_head_kv = _per_layer(h.ints(f"{arch}.attention.head_count_kv"), n_layer, n_head, "head_count_kv", path)
     head_dim = n_embd // max(n_head[0], 1)
-    layers, inputs, outputs = [0] * n_layer, 0, 0
-    for name, size in h.tensors():
+    layers, inputs, outputs, sizes = [0] * n_layer, 0, 0, dict(h.tensors())
+    for name, size in sizes.items():
         match = _LAYER_TENSOR.match(name)
         if match and int(match.group(1)) < n_layer:
             layers[int(match.group(1))] += size
@@ -211,12 +221,9 @@ def _shape(h: _Header, arch: str, path: Path, data_offset: int) -> ModelShape:
         layer_weights=layers,
         input_weights=inputs,
         output_weights=outputs,
-        has_pace_keys=any(h.key(f"pace.amb.{k}") >= 0 for k in _PACE_KEYS),
+        tied_output_weights=0 if "output.weight" in sizes else sizes.get("token_embd.weight", 0),
+        has_pace_keys=any(name.startswith(b"pace.amb.") for name in h.keys()),
     )
-
-
-_PACE_KEYS = ("enabled", "layers", "bank_size", "topk", "negk", "store_topk", "chunk", "theta_high", "theta_low",
-              "alpha", "w_high", "w_mid", "lambda", "momentum", "mode", "granularity")
 
 
 # --- the AMB settings ---------------------------------------------------------------------------------
@@ -247,7 +254,8 @@ def _model_amb_config(path: Path, needed: bool) -> PaceConfig:
     with _llama_log_silenced(lcpp.llama_cpp._lib), deferred():
         model = lcpp.llama_model_load_from_file(os.fsencode(path), params)
     if not model:
-        raise ModelFileError(f"llama.cpp could not load {path} ({amb.last_error() or 'an unsupported model'})")
+        raise ModelFileError(f"llama.cpp cannot read the model in {path} "
+                             "(an architecture or hyperparameters it does not support)")
     try:
         return amb.model_config(model)
     except amb.PaceConfigError as exc:
@@ -262,12 +270,9 @@ def _model_amb_config(path: Path, needed: bool) -> PaceConfig:
 def amb_config(path: Path, shape: ModelShape, changes: dict | None = None) -> PaceConfig:
     """The AMB settings a run gets: the model's pace.amb.* keys with `changes` (as from the CLI's
     AMB flags, or Llama's `pace=` dict) applied, checked by the runtime's rules (PaceConfigError)."""
-    changes = dict(changes or {})
+    changes = changes or {}
     base = _model_amb_config(path, needed=not changes) if shape.has_pace_keys else PaceConfig()
-    if "layers" in changes:  # as in Llama.configure_pace: naming layers switches the AMB on
-        changes["layers"] = tuple(changes["layers"])
-        changes.setdefault("enabled", bool(changes["layers"]))
-    config = base.replace(**changes)
+    config = base.with_changes(changes)
     amb.validate_config(config, shape.n_layer)
     return config
 
@@ -377,7 +382,7 @@ class MemoryEstimate:
     model_metadata: int
     python_arrays: int
     baseline: int
-    ram_available: int
+    ram_available: int | None  # None: unknown on this system
     gpu: Device | None = None  # the device offloaded layers go to (None: no GPU backend, or none offloaded)
     gpu_layers: int = 0
     gpu_weights: int = 0
@@ -395,8 +400,8 @@ class MemoryEstimate:
         return self.gpu_weights + self.gpu_kv_cache + self.gpu_compute
 
     @property
-    def fits_ram(self) -> bool:
-        return self.total <= self.ram_available
+    def fits_ram(self) -> bool | None:
+        return None if self.ram_available is None else self.total <= self.ram_available
 
     @property
     def fits_gpu(self) -> bool | None:
@@ -407,11 +412,13 @@ class MemoryEstimate:
 
     @property
     def fits(self) -> bool:
-        return self.fits_ram and self.fits_gpu is not False
+        """Nothing known not to fit (an unknown amount of free memory is not held against it)."""
+        return self.fits_ram is not False and self.fits_gpu is not False
 
 
-def ram_available() -> int:
-    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else free pages."""
+def ram_available() -> int | None:
+    """MemAvailable from /proc/meminfo (what can be allocated without swapping), else the free
+    pages where the system reports them; None when unknown."""
     try:
         with open("/proc/meminfo") as f:
             for line in f:
@@ -419,7 +426,10 @@ def ram_available() -> int:
                     return int(line.split()[1]) * 1024
     except OSError:
         pass
-    return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError):  # not a name this system knows
+        return None
 
 
 _GPU_DEVICE_TYPES = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU
@@ -433,7 +443,8 @@ def gpu_devices() -> list[Device]:
     compiled_backends()  # initializes the backends and binds the device functions
     lib = llama_cpp_module().llama_cpp._lib
     lib.ggml_backend_dev_type.restype, lib.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, ctypes.POINTER(ctypes.c_size_t), ctypes.POINTER(ctypes.c_size_t)]
+    size_p = ctypes.POINTER(ctypes.c_size_t)
+    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
     devices = []
     for i in range(lib.ggml_backend_dev_count()):
         dev = lib.ggml_backend_dev_get(i)
@@ -466,17 +477,18 @@ def _placement(shape: ModelShape, n_gpu_layers: int, gpu: Device | None) -> _Pla
     layers = [il for il in on_gpu if il < shape.n_layer]
     output_on_gpu = shape.n_layer in on_gpu
     layer_weights = sum(shape.layer_weights[il] for il in layers)
-    # tied output weights (no output.weight): llama.cpp copies the token embeddings to the output's device
-    output_weights = (shape.output_weights or shape.input_weights) if output_on_gpu else 0
+    # tied output weights: llama.cpp copies the token embeddings to the output layer's device
+    output_weights = shape.output_weights + shape.tied_output_weights if output_on_gpu else 0
     host = shape.weights - layer_weights - (shape.output_weights if output_on_gpu else 0)
     return _Placement(host, layer_weights + output_weights, layers, len(on_gpu))
 
 
 def estimate(model: str | Path, n_ctx: int, *, pace: dict | None = None, n_gpu_layers: int = 0,
-             tokens: int | None = None, model_name: str | None = None) -> MemoryEstimate:
+             tokens: int | None = None) -> MemoryEstimate:
     """The memory `Llama(model, n_ctx=n_ctx, pace=pace, n_gpu_layers=n_gpu_layers)` needs when its
-    context holds `tokens` tokens (default: full, the worst case). `model` is a GGUF path."""
-    path = Path(model)
+    context holds `tokens` tokens (default: full, the worst case). `model`: a GGUF path or a
+    registry name, as for Llama."""
+    path = resolve_model(model)
     if n_ctx < 1:
         raise ValueError(f"n_ctx must be positive, got {n_ctx}")
     shape = read_shape(path)
@@ -488,7 +500,7 @@ def estimate(model: str | Path, n_ctx: int, *, pace: dict | None = None, n_gpu_l
     place = _placement(shape, n_gpu_layers, gpu)
     gpu_kv = kv_cache_bytes(shape, cells, place.gpu_kv_layers)
     return MemoryEstimate(
-        model=model_name or path.name,
+        model=str(model),
         n_ctx=cells,
         n_ctx_train=shape.n_ctx_train,
         tokens=tokens,
@@ -515,6 +527,8 @@ def estimate(model: str | Path, n_ctx: int, *, pace: dict | None = None, n_gpu_l
 
 def _notes(shape: ModelShape, n_ctx: int, n_gpu_layers: int, devices: list[Device]) -> list[str]:
     notes = []
+    if context_cells(n_ctx) != n_ctx:
+        notes.append(f"llama.cpp rounds n_ctx {n_ctx} up to {context_cells(n_ctx)} (a multiple of {KV_PAD})")
     if shape.n_ctx_train and n_ctx > shape.n_ctx_train:
         notes.append(f"n_ctx {n_ctx} is beyond the model's training context ({shape.n_ctx_train}): "
                      "estimated anyway, but answers degrade past it")
@@ -546,26 +560,33 @@ def _mib(n: int) -> str:
 def _amb_text(config: PaceConfig) -> str:
     if not config.enabled:
         return "AMB off"
-    return f"AMB on layers {','.join(map(str, config.layers))}, bank {config.bank_size}, {config.granularity} granularity"
+    layers = ",".join(map(str, config.layers))
+    return f"AMB on layers {layers}, bank {config.bank_size}, {config.granularity} granularity"
 
 
 def verdict(e: MemoryEstimate) -> str:
-    ram = f"needs {_mib(e.total)} MiB of RAM, {_mib(e.ram_available)} MiB available"
+    available = "available unknown" if e.ram_available is None else f"{_mib(e.ram_available)} MiB available"
+    ram = f"needs {_mib(e.total)} MiB of RAM, {available}"
     gpu = ""
     if e.gpu_layers and e.gpu is not None:
         free = f"{_mib(e.gpu.free)} MiB free" if e.gpu.free > 0 else "free memory unknown"
         gpu = f"; {e.gpu.name} ({e.gpu_layers} layers): needs {_mib(e.gpu_total)} MiB, {free}"
-    return f"{'fits' if e.fits else 'does not fit'}: {ram}{gpu}"
+    word = "does not fit" if not e.fits else "fits" if e.fits_ram else "cannot tell whether it fits"
+    return f"{word}: {ram}{gpu}"
 
 
 def report(e: MemoryEstimate) -> str:
     """The table `pace-gguf estimate` prints: one row per component in MiB, then the verdict."""
     head = f"{e.model}: n_ctx {e.n_ctx} (trained with {e.n_ctx_train or 'unknown'}), {_amb_text(e.amb)}"
-    rows = ROWS + (GPU_ROWS if e.gpu_layers else [])
-    width = max(len(label) for label, _ in rows)
+    width = max(len(label) for label, _ in ROWS + GPU_ROWS)
+
+    def row(label: str, n: int) -> str:
+        return f"{label:<{width}}  {_mib(n):>9}"
+
     lines = [head, f"{'component':<{width}}  {'MiB':>9}"]
-    lines += [f"{label:<{width}}  {_mib(getattr(e, name)):>9}" for label, name in rows]
-    lines.append(f"{'total (RAM)':<{width}}  {_mib(e.total):>9}")
+    lines += [row(label, getattr(e, name)) for label, name in ROWS] + [row("total (RAM)", e.total)]
+    if e.gpu_layers:
+        lines += [row(label, getattr(e, name)) for label, name in GPU_ROWS] + [row("total (GPU)", e.gpu_total)]
     lines += [f"note: {note}" for note in e.notes]
     lines.append(verdict(e))
     return "\n".join(lines)

@@ -73,11 +73,7 @@ class Llama(_llama_cpp.Llama):
         elif pace is True or pace is False:
             config = base.replace(enabled=pace)
         elif isinstance(pace, dict):
-            changes = dict(pace)
-            if "layers" in changes:
-                changes["layers"] = tuple(changes["layers"])
-                changes.setdefault("enabled", bool(changes["layers"]))
-            config = base.replace(**changes)
+            config = base.with_changes(pace)
         elif isinstance(pace, PaceConfig):
             config = pace
         else:

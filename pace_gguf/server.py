@@ -67,15 +67,11 @@ def request_config(default: PaceConfig, spec, n_layer: int) -> PaceConfig:
     if isinstance(spec, bool):
         config = default.replace(enabled=spec)
     elif isinstance(spec, dict):
-        changes = dict(spec)
-        if "layers" in changes:
-            if not isinstance(changes["layers"], list):
-                raise PaceConfigError(f"layers must be a list of 0-based layer indices such as [12, 26], got {changes['layers']!r}")
-            changes["layers"] = tuple(changes["layers"])
-            changes.setdefault("enabled", bool(changes["layers"]))
-        if not isinstance(changes.get("enabled", False), bool):
-            raise PaceConfigError(f"enabled must be true or false, got {changes['enabled']!r}")
-        config = default.replace(**changes)
+        if "layers" in spec and not isinstance(spec["layers"], list):
+            raise PaceConfigError(f"layers must be a list of 0-based layer indices such as [12, 26], got {spec['layers']!r}")
+        if not isinstance(spec.get("enabled", False), bool):  # (when absent, with_changes derives it from layers)
+            raise PaceConfigError(f"enabled must be true or false, got {spec['enabled']!r}")
+        config = default.with_changes(spec)
     else:
         raise PaceConfigError(f'expected an object of AMB settings such as {{"layers": [12, 26]}}, or true/false, got {spec!r}')
     amb.validate_config(config, n_layer)  # the runtime's own rules, those the context applies

@@ -125,3 +125,30 @@ class RawContext:
 def raw_context():
     """RawContext(llm, layers, n_ubatch=512, kv_unified=False): see the class."""
     return RawContext
+
+
+_FILLER_WORDS = ("the a river town market morning people walked along old stone bridge while merchants sold bread "
+                 "fish and cloth under bright sky children played near water farmers carried baskets of apples "
+                 "through narrow streets toward square where bells rang").split()
+
+
+def _filler_paragraphs(n_paragraphs: int, seed: int) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    sentence = lambda: " ".join(rng.choice(_FILLER_WORDS) for _ in range(12)).capitalize() + "."  # noqa: E731
+    return [" ".join(sentence() for _ in range(5)) for _ in range(n_paragraphs)]
+
+
+@pytest.fixture(scope="session")
+def long_document():
+    """A generated plain-text document of about `tokens` tokens (SmolLM2's tokenizer: ~68 per
+    paragraph) with `fact` planted as its own paragraph at `where` (0..1) of the way through."""
+
+    def make(tokens: int, fact: str | None = None, where: float = 0.5, seed: int = 0) -> str:
+        paragraphs = _filler_paragraphs(max(1, tokens // 68), seed)
+        if fact:
+            paragraphs.insert(int(len(paragraphs) * where), fact)
+        return "\n\n".join(paragraphs)
+
+    return make

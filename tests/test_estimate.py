@@ -283,3 +283,36 @@ def test_cli_does_not_fit_and_notes(run_cli):
 ])
 def test_cli_bad_input_gives_one_line(run_cli, assert_one_line_error, args, fragment):
     assert_one_line_error(run_cli("estimate", *args), fragment)
+
+
+def test_gpu_placement_follows_llama_cpps_layer_assignment(shape):
+    """The split with --n-gpu-layers (computed here for a GPU that this CPU-only machine lacks)."""
+    gpu = est.Device("GPU0", free=8 * 2**30, total=8 * 2**30)
+    none = est._placement(shape, 10, None)  # no GPU backend: everything stays on the host
+    assert (none.host_weights, none.gpu_weights, none.gpu_layers) == (shape.weights, 0, 0)
+    # 10: the output layer and the last 9 layers (llama.cpp's i_gpu_start = n_layer + 1 - 10)
+    ten = est._placement(shape, 10, gpu)
+    assert ten.gpu_kv_layers == list(range(21, 30)) and ten.gpu_layers == 10
+    last9 = sum(shape.layer_weights[21:])
+    # SmolLM2 ties its output to the token embeddings: llama.cpp copies them to the GPU
+    assert shape.tied_output_weights == 49152 * 576 * 34 // 32  # token_embd.weight, q8_0
+    assert ten.gpu_weights == last9 + shape.output_weights + shape.tied_output_weights
+    assert ten.host_weights == shape.weights - last9 - shape.output_weights
+    everything = est._placement(shape, -1, gpu)
+    assert everything.gpu_kv_layers == list(range(30)) and everything.host_weights == shape.input_weights
+
+
+def test_report_with_offloaded_layers_and_the_verdicts(default_model_path):
+    import dataclasses
+
+    cpu = est.estimate(default_model_path, 2048)
+    on_gpu = dataclasses.replace(cpu, gpu=est.Device("GPU0", free=100 * MiB, total=8192 * MiB), gpu_layers=10,
+                                 gpu_weights=20 * MiB, gpu_kv_cache=15 * MiB, gpu_compute=98 * MiB)
+    text = est.report(on_gpu)
+    assert re.search(r"^total \(GPU\) +133\.0$", text, re.M), text
+    assert text.splitlines()[-1].startswith("does not fit: ") and "GPU0 (10 layers): needs 133.0 MiB, 100.0 MiB free" in text
+    assert (on_gpu.fits_ram, on_gpu.fits_gpu, on_gpu.fits) == (True, False, False)
+    short_of_ram = dataclasses.replace(cpu, ram_available=cpu.total - 1)
+    assert not short_of_ram.fits and est.verdict(short_of_ram).startswith("does not fit")
+    unknown = dataclasses.replace(cpu, ram_available=None)
+    assert unknown.fits and est.verdict(unknown).startswith("cannot tell whether it fits")

@@ -31,3 +31,15 @@ def test_amb_chat_example(default_model_path, tmp_path):
     out = run_example("amb_chat.py", tmp_path, PROMPT)
     assert ANSWER in out
     assert "layer 12: slots" in out and "layer 26: slots" in out
+
+
+def test_long_file_qa_example(default_model_path, tmp_path):
+    out = run_example("long_file_qa.py", tmp_path)
+    assert ANSWER in out
+    assert "strategy direct" in out and "AMB on" in out
+
+
+def test_summarize_document_example(default_model_path, tmp_path):
+    out = run_example("summarize_document.py", tmp_path)
+    for topic in ("volcano", "violin", "penguin"):
+        assert topic in out.lower()

@@ -56,9 +56,9 @@ def read(llm, task_name: str, source, question: str | None = None, *, strategy: 
     """The engine behind `Llama.ask` and `Llama.summarize` (see there)."""
     if strategy not in STRATEGIES:
         raise PaceError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
-    for name, value in (("max_tokens", max_tokens), ("chunk_tokens", chunk_tokens)):
-        if value is not None and (not isinstance(value, int) or value <= 0):
-            raise PaceError(f"{name} must be a positive integer, got {value!r}")
+    for name, value, least in (("max_tokens", max_tokens, 1), ("chunk_tokens", chunk_tokens, 16)):
+        if value is not None and (not isinstance(value, int) or value < least):
+            raise PaceError(f"{name} must be an integer of at least {least}, got {value!r}")
     if not isinstance(overlap, int) or overlap < 0:
         raise PaceError(f"overlap must be a non-negative integer, got {overlap!r}")
     task = make_task(task_name, question, length=length, style=style, max_tokens=max_tokens,

@@ -101,11 +101,11 @@ def _pieces(task: Task, text: str, document: list[int], builder: PromptBuilder, 
     probe = builder.build(task.name, step, **task.fields(part=999, parts=999, running=""))
     # refine's prompt also carries the running result, up to partial_max_tokens long
     room = n_ctx - probe.overhead - task.partial_max_tokens - (task.partial_max_tokens if step == "refine" else 0)
-    size = min(task.chunk_tokens or room, room)
-    if size < MIN_PIECE_TOKENS:
+    if room < MIN_PIECE_TOKENS:
         raise ContextOverflowError(
-            f"a context of {n_ctx} tokens leaves {max(size, 0)} tokens per piece for {kind} after the instructions "
+            f"a context of {n_ctx} tokens leaves {max(room, 0)} tokens per piece for {kind} after the instructions "
             f"and the answer (at least {MIN_PIECE_TOKENS} needed); use a larger n_ctx or a smaller max_tokens")
+    size = min(task.chunk_tokens or room, room)
     if len(document) <= size:
         return [document]
     count = lambda s: len(builder.document_tokens(s))  # noqa: E731
