@@ -1,4 +1,4 @@
-"""Benchmark CE clustering (pace_gguf.reference.cluster_experts) on 2 threads.
+"""Benchmark CE clustering (pace_gguf.convert.ce.cluster_experts) on 2 threads.
 
 For each gate shape (random weights, fixed seed, K=64) it runs the default method ("auction")
 and the spec 3.2 backend-B baseline ("greedy", a sequential per-neuron greedy) for the same
@@ -41,7 +41,7 @@ def run_one(d_ff: int, d_model: int, k: int, method: str, max_iter: int, tol, se
     except ImportError:
         pass
     sys.path.insert(0, str(ROOT))
-    from pace_gguf.reference.ce import cluster_experts
+    from pace_gguf.convert.ce import cluster_experts
 
     rss_before = _current_rss_mib()              # after imports, before the input exists
     gate = np.random.default_rng(seed).standard_normal((d_ff, d_model), dtype=np.float32)

@@ -1,10 +1,15 @@
 """Bind llama-cpp-python to pace-gguf's patched llama.cpp libraries.
 
 llama-cpp-python is installed without a native library of its own and loads `libllama` from
-LLAMA_CPP_LIB_PATH when `llama_cpp` is first imported. So this module must set that variable before
-anything imports `llama_cpp`, and it checks afterwards that the library that got loaded is ours
-(it exports `llama_pace_version`) rather than some other libllama. The libraries come from the
-package's lib/ folder, or from $PACE_GGUF_LIB_DIR when set (e.g. a portable build, see README).
+LLAMA_CPP_LIB_PATH when `llama_cpp` is first imported. So this module sets that variable for the
+time of that import (and restores it: child processes and the user's environment are left as they
+were), and checks afterwards that the library that got loaded is ours (it exports
+`llama_pace_version`) rather than some other libllama. The libraries come from the package's lib/
+folder, or from $PACE_GGUF_LIB_DIR when set (e.g. a portable build, see README).
+
+llama-cpp-python's multimodal module (llama_cpp.mtmd_cpp, libmtmd, read from MTMD_CPP_LIB) is
+imported only by its vision chat handlers, never by `import llama_cpp` nor by its server; pace-gguf
+builds no libmtmd, so that variable is left alone.
 """
 
 from __future__ import annotations
@@ -12,13 +17,16 @@ from __future__ import annotations
 import ctypes
 import os
 import sys
+from contextlib import contextmanager
 from functools import lru_cache
 from types import ModuleType
 
+from . import _bindings
+from . import _llama_cpp_compat as compat
 from .errors import NativeLibraryError
 from .paths import LIB_DIR_ENV, lib_dir
 
-_LIB_ENV_VARS = ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")
+_LIB_PATH_ENV = "LLAMA_CPP_LIB_PATH"  # read once, when llama_cpp.llama_cpp is imported
 
 
 def _library_file(name: str) -> str:
@@ -38,12 +46,10 @@ def llama_cpp_module() -> ModuleType:
             f"pace-gguf's llama.cpp library is missing from {folder}: install the package with "
             "`pip install .` (see README) rather than importing it from a source checkout"
         )
-    if "llama_cpp.llama_cpp" not in sys.modules:
-        for var in _LIB_ENV_VARS:
-            os.environ[var] = str(folder)
-    import llama_cpp  # noqa: PLC0415  (must follow the environment set-up above)
+    with _environment(_LIB_PATH_ENV, str(folder)):
+        import llama_cpp  # noqa: PLC0415  (loads libllama from LLAMA_CPP_LIB_PATH on first import)
 
-    if not hasattr(llama_cpp.llama_cpp._lib, "llama_pace_version"):
+    if not hasattr(compat.shared_library(llama_cpp), "llama_pace_version"):
         if os.environ.get(LIB_DIR_ENV):
             raise NativeLibraryError(
                 f"{LIB_DIR_ENV}={os.environ[LIB_DIR_ENV]} holds a libllama without pace-gguf's patches"
@@ -55,17 +61,28 @@ def llama_cpp_module() -> ModuleType:
     return llama_cpp
 
 
+@contextmanager
+def _environment(name: str, value: str):
+    """os.environ[name] = value inside the block only."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            del os.environ[name]
+        else:
+            os.environ[name] = before
+
+
 def native_library() -> ctypes.CDLL:
     """The loaded libllama (pace-gguf's patched build)."""
-    return llama_cpp_module().llama_cpp._lib
+    return compat.shared_library(llama_cpp_module())
 
 
 def build_id() -> str:
     """Identity string of the loaded patched build, from `llama_pace_version()`."""
-    fn = native_library().llama_pace_version
-    fn.restype = ctypes.c_char_p
-    fn.argtypes = []
-    return fn().decode()
+    return _bindings.api().llama_pace_version().decode()
 
 
 def loaded_library_path() -> str:
@@ -74,15 +91,9 @@ def loaded_library_path() -> str:
 
 def compiled_backends() -> list[str]:
     """Names of the ggml backend devices compiled into the build (e.g. CPU, CUDA0)."""
-    lcpp = llama_cpp_module()
-    lib = lcpp.llama_cpp._lib
-    lib.ggml_backend_dev_count.restype = ctypes.c_size_t
-    lib.ggml_backend_dev_get.restype = ctypes.c_void_p
-    lib.ggml_backend_dev_get.argtypes = [ctypes.c_size_t]
-    lib.ggml_backend_dev_name.restype = ctypes.c_char_p
-    lib.ggml_backend_dev_name.argtypes = [ctypes.c_void_p]
-    lcpp.llama_backend_init()
-    return [lib.ggml_backend_dev_name(lib.ggml_backend_dev_get(i)).decode() for i in range(lib.ggml_backend_dev_count())]
+    c = _bindings.api()
+    llama_cpp_module().llama_backend_init()
+    return [c.ggml_backend_dev_name(c.ggml_backend_dev_get(i)).decode() for i in range(c.ggml_backend_dev_count())]
 
 
 def system_info() -> str:

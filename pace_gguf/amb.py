@@ -10,16 +10,16 @@ from __future__ import annotations
 import ctypes
 import dataclasses
 import numbers
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from ._native import native_library
+from . import _bindings
+from ._bindings import MAX_LAYERS
 from .errors import PaceError
 
-MAX_LAYERS = 512
-MODES = ("code", "paper")
-GRANULARITIES = ("ubatch", "prompt")
+MODES = ("code", "paper")  # enum llama_pace_amb_mode, in value order
+GRANULARITIES = ("ubatch", "prompt")  # enum llama_pace_amb_granularity
 
 
 class PaceConfigError(PaceError, ValueError):
@@ -30,43 +30,15 @@ class PaceMetadataWarning(UserWarning):
     """A model's pace.amb.* settings were rejected and replaced by the defaults (AMB off)."""
 
 
-class _Params(ctypes.Structure):
-    _fields_ = [
-        ("enabled", ctypes.c_bool),
-        ("mode", ctypes.c_int32),
-        ("granularity", ctypes.c_int32),
-        ("bank_size", ctypes.c_int32),
-        ("topk", ctypes.c_int32),
-        ("negk", ctypes.c_int32),
-        ("store_topk", ctypes.c_int32),
-        ("chunk", ctypes.c_int32),
-        ("theta_high", ctypes.c_float),
-        ("theta_low", ctypes.c_float),
-        ("alpha", ctypes.c_float),
-        ("w_high", ctypes.c_float),
-        ("w_mid", ctypes.c_float),
-        ("lambda_", ctypes.c_float),
-        ("momentum", ctypes.c_float),
-        ("n_layers", ctypes.c_int32),
-        ("layers", ctypes.c_int32 * MAX_LAYERS),
-    ]
-
-
-class _Stats(ctypes.Structure):
-    _fields_ = [
-        ("bank_size", ctypes.c_int32),
-        ("n_slots_used", ctypes.c_int32),
-        ("n_high", ctypes.c_int64),
-        ("n_mid", ctypes.c_int64),
-        ("n_low", ctypes.c_int64),
-        ("n_invalidations", ctypes.c_int32),
-        ("pos_min", ctypes.c_int32),
-        ("pos_max", ctypes.c_int32),
-    ]
-
-
 def _is_int32(value) -> bool:
     return isinstance(value, numbers.Integral) and not isinstance(value, bool) and -(2**31) <= value < 2**31
+
+
+def _setting(default, description: str, *, key: str | None = None, flag: str | None = None, values: str = "",
+             choices: tuple[str, ...] = ()):
+    """A PaceConfig field with what its AmbSetting row says about it (see there)."""
+    return field(default=default, metadata={"key": key, "help": description, "flag": flag, "values": values,
+                                            "choices": choices})
 
 
 @dataclass(frozen=True)
@@ -77,24 +49,34 @@ class PaceConfig:
     `granularity`: "ubatch" (each ubatch reads the bank left by the previous one) or "prompt"
     (a whole batch, i.e. one llama_decode of up to n_batch tokens, reads the bank as it was before
     it, like one Hugging Face forward of the prompt).
+
+    Each field is one row of AMB_SETTINGS (its C member, GGUF key and CLI flag).
     """
 
-    enabled: bool = False
-    layers: tuple[int, ...] = ()
-    bank_size: int = 100
-    theta_high: float = 0.75
-    theta_low: float = 0.25
-    topk: int = 5
-    negk: int = 2
-    store_topk: int = 5
-    alpha: float = 0.2
-    w_high: float = 1.0
-    w_mid: float = 0.5
-    negative_weight: float = 0.1
-    momentum: float = 0.5
-    chunk: int = 1024
-    mode: str = "code"
-    granularity: str = "ubatch"
+    enabled: bool = _setting(False, "switch the AMB on or off", values="bool")
+    layers: tuple[int, ...] = _setting((), "0-based layers with an Activation Memory Bank, e.g. 12,26",
+                                       flag="--amb-layers", values="layers")
+    bank_size: int = _setting(100, "slots per bank", flag="--amb-bank", values="int >= 1")
+    theta_high: float = _setting(0.75, "similarity above which a token reuses the bank", flag="--amb-theta-high",
+                                 values="[0, 1]")
+    theta_low: float = _setting(0.25, "similarity above which a token fuses with the bank", flag="--amb-theta-low",
+                                values="[0, 1]")
+    topk: int = _setting(5, "retrieval: positive neighbours", values="int >= 1")
+    negk: int = _setting(2, "retrieval: least similar neighbours (noise)", values="int >= 0")
+    store_topk: int = _setting(5, "store: neighbours whose mean similarity decides the case", values="int >= 1")
+    alpha: float = _setting(0.2, "fusion weight of the retrieved activation", flag="--amb-alpha", values="[0, 1]")
+    w_high: float = _setting(1.0, "weight of the retrieved activation in the high case", values="real")
+    w_mid: float = _setting(0.5, "weight of the retrieved activation in the mid case", values="real")
+    # the paper's lambda: `lambda` in C and GGUF, a Python keyword here
+    negative_weight: float = _setting(0.1, "weight of the least similar neighbours (the paper's lambda)",
+                                      key="lambda", values="real")
+    momentum: float = _setting(0.5, "merge: slot = momentum*slot + (1-momentum)*mean", values="[0, 1]")
+    chunk: int = _setting(1024, "store chunk in tokens", values="int >= 1")
+    mode: str = _setting("code", "code (released code's rules, default) or paper (Algorithm 1)",
+                         flag="--amb-mode", values="choice", choices=MODES)
+    granularity: str = _setting(
+        "ubatch", "ubatch (default) or prompt (a whole batch of up to n_batch prompt tokens reads the bank as before it)",
+        flag="--amb-granularity", values="choice", choices=GRANULARITIES)
 
     def replace(self, **changes) -> "PaceConfig":
         unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
@@ -114,46 +96,91 @@ class PaceConfig:
 
     # -- conversion to and from the C struct ----------------------------------------------------
 
-    def _to_c(self) -> _Params:
-        if self.mode not in MODES:
-            raise PaceConfigError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if self.granularity not in GRANULARITIES:
-            raise PaceConfigError(f"granularity must be one of {GRANULARITIES}, got {self.granularity!r}")
-        layers = tuple(self.layers)
-        if len(layers) > MAX_LAYERS:
-            raise PaceConfigError(f"layers: at most {MAX_LAYERS} layers, got {len(layers)}")
-        bad = [i for i in layers if not _is_int32(i)]
-        if bad:
-            raise PaceConfigError(f"layers must be integers in the int32 range, got {bad[0]!r}")
-        p = _Params()
-        p.enabled = bool(self.enabled)
-        p.mode = MODES.index(self.mode)
-        p.granularity = GRANULARITIES.index(self.granularity)
-        for name in ("bank_size", "topk", "negk", "store_topk", "chunk"):
-            value = getattr(self, name)
-            if not _is_int32(value):
-                raise PaceConfigError(f"{name} must be an integer in the int32 range, got {value!r}")
-            setattr(p, name, value)
-        for name in ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "negative_weight", "momentum"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, numbers.Real):
-                raise PaceConfigError(f"{name} must be a number, got {value!r}")
-            # float32 as in C: a value beyond its range becomes inf, which the C rules reject by name
-            setattr(p, "lambda_" if name == "negative_weight" else name, float(value))
-        p.n_layers = len(layers)
-        for i, layer in enumerate(layers):
-            p.layers[i] = layer
+    def _to_c(self) -> _bindings.AmbParams:
+        p = _bindings.AmbParams()
+        for setting in AMB_SETTINGS:
+            setting.to_c(p, getattr(self, setting.name))
         return p
 
     @classmethod
-    def _from_c(cls, p: _Params) -> "PaceConfig":
-        return cls(
-            enabled=bool(p.enabled), layers=tuple(p.layers[: p.n_layers]), bank_size=p.bank_size,
-            theta_high=p.theta_high, theta_low=p.theta_low, topk=p.topk, negk=p.negk,
-            store_topk=p.store_topk, alpha=p.alpha, w_high=p.w_high, w_mid=p.w_mid,
-            negative_weight=p.lambda_, momentum=p.momentum, chunk=p.chunk,
-            mode=MODES[p.mode], granularity=GRANULARITIES[p.granularity],
-        )
+    def _from_c(cls, p: _bindings.AmbParams) -> "PaceConfig":
+        return cls(**{setting.name: setting.from_c(p) for setting in AMB_SETTINGS})
+
+
+@dataclass(frozen=True)
+class AmbSetting:
+    """One AMB setting and its spelling in each part of pace-gguf: a row of AMB_SETTINGS.
+
+    The C library validates values (set_params, validate_params); `values` only lets a command
+    line reject an ill-formed one early: "bool", "layers", "int >= 1", "int >= 0", "[0, 1]",
+    "real" or "choice" (one of `choices`)."""
+
+    name: str           # PaceConfig field; key of Llama's pace= dict and of a server request's "pace"
+    key: str            # member of struct llama_pace_amb_params (pace.h) and GGUF key pace.amb.<key>
+    kind: type          # bool, tuple (layers), int, float or str (one of `choices`)
+    default: object
+    help: str
+    flag: str | None    # option of the commands that run a model (chat, ask, summarize, serve); None: none
+    values: str
+    choices: tuple[str, ...]
+
+    @property
+    def gguf_key(self) -> str:
+        return f"pace.amb.{self.key}"
+
+    @property
+    def ctype(self):
+        """Its type in struct llama_pace_amb_params (layers: the array, with n_layers beside it)."""
+        return dict(_bindings.AmbParams._fields_)[self.key]
+
+    def to_c(self, p: _bindings.AmbParams, value) -> None:
+        """Set its member of `p` to `value`, or raise PaceConfigError naming the setting."""
+        if self.kind is str:
+            if value not in self.choices:
+                raise PaceConfigError(f"{self.name} must be one of {self.choices}, got {value!r}")
+            setattr(p, self.key, self.choices.index(value))
+        elif self.kind is tuple:
+            _layers_to_c(p, value)
+        elif self.kind is int:
+            if not _is_int32(value):
+                raise PaceConfigError(f"{self.name} must be an integer in the int32 range, got {value!r}")
+            setattr(p, self.key, value)
+        elif self.kind is float:
+            if isinstance(value, bool) or not isinstance(value, numbers.Real):
+                raise PaceConfigError(f"{self.name} must be a number, got {value!r}")
+            # float32 as in C: a value beyond its range becomes inf, which the C rules reject by name
+            setattr(p, self.key, float(value))
+        else:
+            setattr(p, self.key, bool(value))
+
+    def from_c(self, p: _bindings.AmbParams):
+        if self.kind is str:
+            return self.choices[getattr(p, self.key)]
+        if self.kind is tuple:
+            return tuple(p.layers[: p.n_layers])
+        return self.kind(getattr(p, self.key))
+
+
+def _layers_to_c(p: _bindings.AmbParams, layers) -> None:
+    layers = tuple(layers)
+    if len(layers) > MAX_LAYERS:
+        raise PaceConfigError(f"layers: at most {MAX_LAYERS} layers, got {len(layers)}")
+    bad = [i for i in layers if not _is_int32(i)]
+    if bad:
+        raise PaceConfigError(f"layers must be integers in the int32 range, got {bad[0]!r}")
+    p.n_layers = len(layers)
+    for i, layer in enumerate(layers):
+        p.layers[i] = layer
+
+
+# Every AMB setting, in PaceConfig's order: the one table that PaceConfig's C conversion, the CLI's
+# --amb-* flags (cli_args) and the converter's pace.amb.* keys are made from.
+AMB_SETTINGS: tuple[AmbSetting, ...] = tuple(
+    AmbSetting(name=f.name, key=f.metadata["key"] or f.name, kind=type(f.default), default=f.default,
+               help=f.metadata["help"], flag=f.metadata["flag"], values=f.metadata["values"],
+               choices=f.metadata["choices"])
+    for f in dataclasses.fields(PaceConfig)
+)
 
 
 @dataclass(frozen=True)
@@ -173,16 +200,9 @@ class LayerStats:
                 f"mid {self.mid}, low {self.low}, invalidations {self.invalidations}")
 
 
-def _bind(name: str, restype, argtypes):
-    fn = getattr(native_library(), name)
-    fn.restype = restype
-    fn.argtypes = argtypes
-    return fn
-
-
 def last_error() -> str:
     # a message may quote a GGUF string, which is untrusted bytes
-    return _bind("llama_pace_last_error", ctypes.c_char_p, [])().decode("utf-8", errors="replace")
+    return _bindings.api().llama_pace_last_error().decode("utf-8", errors="replace")
 
 
 def _check(status: int, what: str) -> int:
@@ -191,76 +211,72 @@ def _check(status: int, what: str) -> int:
     return status
 
 
+def default_config() -> PaceConfig:
+    """The C library's defaults (llama_pace_amb_default_params), which PaceConfig() repeats."""
+    return PaceConfig._from_c(_bindings.api().llama_pace_amb_default_params())
+
+
 def model_config(model_ptr) -> PaceConfig:
     """The AMB settings a model's pace.amb.* GGUF keys give (disabled when absent)."""
-    p = _Params()
-    fn = _bind("llama_pace_amb_model_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])
-    _check(fn(model_ptr, ctypes.byref(p)), "invalid pace.amb metadata")
+    p = _bindings.AmbParams()
+    _check(_bindings.api().llama_pace_amb_model_params(model_ptr, ctypes.byref(p)), "invalid pace.amb metadata")
     return PaceConfig._from_c(p)
 
 
 def validate_config(config: PaceConfig, n_layer: int) -> None:
     """Raise PaceConfigError, naming the parameter, unless `config` is valid for a model with
     `n_layer` layers: the runtime's own rules (for tools that write pace.amb.* metadata)."""
-    fn = _bind("llama_pace_amb_validate_params", ctypes.c_int32, [ctypes.POINTER(_Params), ctypes.c_int32])
     if not 1 <= n_layer < 2**31:
         raise PaceConfigError(f"the model's layer count must be a positive int32, got {n_layer}")
-    _check(fn(ctypes.byref(config._to_c()), n_layer), "invalid AMB settings")
+    _check(_bindings.api().llama_pace_amb_validate_params(ctypes.byref(config._to_c()), n_layer), "invalid AMB settings")
 
 
 def get_config(ctx_ptr) -> PaceConfig:
-    p = _Params()
-    _bind("llama_pace_amb_get_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])(ctx_ptr, ctypes.byref(p))
+    p = _bindings.AmbParams()
+    _bindings.api().llama_pace_amb_get_params(ctx_ptr, ctypes.byref(p))
     return PaceConfig._from_c(p)
 
 
 def set_config(ctx_ptr, config: PaceConfig) -> None:
-    fn = _bind("llama_pace_amb_set_params", ctypes.c_int32, [ctypes.c_void_p, ctypes.POINTER(_Params)])
-    _check(fn(ctx_ptr, ctypes.byref(config._to_c())), "invalid AMB settings")
+    _check(_bindings.api().llama_pace_amb_set_params(ctx_ptr, ctypes.byref(config._to_c())), "invalid AMB settings")
 
 
 def reset(ctx_ptr, seq_id: int = -1) -> None:
-    _check(_bind("llama_pace_amb_reset", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_int32])(ctx_ptr, seq_id), "reset")
+    _check(_bindings.api().llama_pace_amb_reset(ctx_ptr, seq_id), "reset")
 
 
 def layer_stats(ctx_ptr, layer: int, seq_id: int = 0) -> LayerStats:
-    s = _Stats()
-    fn = _bind("llama_pace_amb_get_stats", ctypes.c_int32,
-               [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(_Stats)])
-    _check(fn(ctx_ptr, seq_id, layer, ctypes.byref(s)), "stats")
+    s = _bindings.AmbStats()
+    _check(_bindings.api().llama_pace_amb_get_stats(ctx_ptr, seq_id, layer, ctypes.byref(s)), "stats")
     return LayerStats(layer, s.n_slots_used, s.bank_size, s.n_high, s.n_mid, s.n_low, s.n_invalidations)
 
 
 def bank(ctx_ptr, layer: int, seq_id: int = 0) -> dict[str, np.ndarray]:
     """A copy of one bank: keys and values [bank_size, n_ff], usage [bank_size], valid (bool)."""
-    fp = ctypes.POINTER(ctypes.c_float)
-    fn = _bind("llama_pace_amb_get_bank", ctypes.c_int32,
-               [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, fp, fp, fp, fp, ctypes.POINTER(ctypes.c_int64)])
+    get_bank = _bindings.api().llama_pace_amb_get_bank
     n_ff = ctypes.c_int64()
-    _check(fn(ctx_ptr, seq_id, layer, None, None, None, None, ctypes.byref(n_ff)), "bank")
+    _check(get_bank(ctx_ptr, seq_id, layer, None, None, None, None, ctypes.byref(n_ff)), "bank")
     m = get_config(ctx_ptr).bank_size
     keys, values = np.zeros((m, n_ff.value), np.float32), np.zeros((m, n_ff.value), np.float32)
     usage, valid = np.zeros(m, np.float32), np.zeros(m, np.float32)
-    ptr = lambda a: a.ctypes.data_as(fp)  # noqa: E731
-    _check(fn(ctx_ptr, seq_id, layer, ptr(keys), ptr(values), ptr(usage), ptr(valid), None), "bank")
+    ptr = lambda a: a.ctypes.data_as(ctypes.POINTER(ctypes.c_float))  # noqa: E731
+    _check(get_bank(ctx_ptr, seq_id, layer, ptr(keys), ptr(values), ptr(usage), ptr(valid), None), "bank")
     return {"keys": keys, "values": values, "usage": usage, "valid": valid != 0}
 
 
 def cases(ctx_ptr, layer: int, n_pos: int, seq_id: int = 0) -> np.ndarray:
     """Retrieval case per position (0 low, 1 mid, 2 high, -1 no token) of one AMB layer."""
     out = np.zeros(n_pos, np.int32)
-    fn = _bind("llama_pace_amb_get_cases", ctypes.c_int32,
-               [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.POINTER(ctypes.c_int32), ctypes.c_int32])
-    n = _check(fn(ctx_ptr, seq_id, layer, out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n_pos), "cases")
+    n = _check(_bindings.api().llama_pace_amb_get_cases(
+        ctx_ptr, seq_id, layer, out.ctypes.data_as(ctypes.POINTER(ctypes.c_int32)), n_pos), "cases")
     return out[:n]
 
 
 def memory_size(ctx_ptr) -> int:
-    return _bind("llama_pace_amb_memory_size", ctypes.c_size_t, [ctypes.c_void_p])(ctx_ptr)
+    return _bindings.api().llama_pace_amb_memory_size(ctx_ptr)
 
 
 def evict(ctx_ptr, seq_id: int, p0: int, p1: int) -> None:
     """Evict positions [p0, p1) of a sequence, moving later ones down, keeping its banks."""
-    fn = _bind("llama_pace_amb_evict", ctypes.c_int32, [ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32, ctypes.c_int32])
-    if fn(ctx_ptr, seq_id, p0, p1) < 0:
+    if _bindings.api().llama_pace_amb_evict(ctx_ptr, seq_id, p0, p1) < 0:
         raise PaceError(last_error() or "evict failed")

@@ -11,7 +11,7 @@ import argparse
 import sys
 
 from . import registry
-from .amb import GRANULARITIES, MODES
+from .amb import AMB_SETTINGS, AmbSetting
 from .errors import PaceError
 
 
@@ -69,32 +69,35 @@ def progress_line(msg: str) -> None:
     print(f"pace-gguf: {msg}", file=sys.stderr, flush=True)
 
 
-# CLI flag suffix -> (argparse keywords, help); each maps to the PaceConfig field of the same name.
-AMB_FLAGS = {
-    "layers": ({"type": layer_list}, "0-based layers with an Activation Memory Bank, e.g. 12,26 (implies --amb)"),
-    "bank_size": ({"type": positive_int}, "slots per bank (default 100)"),
-    "theta_high": ({"type": probability}, "similarity above which a token reuses the bank (default 0.75)"),
-    "theta_low": ({"type": probability}, "similarity above which a token fuses with the bank (default 0.25)"),
-    "alpha": ({"type": probability}, "fusion weight of the retrieved activation (default 0.2)"),
-    "mode": ({"choices": MODES}, "code (released code's rules, default) or paper (Algorithm 1)"),
-    "granularity": ({"choices": GRANULARITIES},
-                    "ubatch (default) or prompt (a whole batch of up to n_batch prompt tokens reads the bank as before it)"),
-}
+# The AMB settings that have a flag (their rows of amb.AMB_SETTINGS), and the argparse type of each
+# kind of value a row accepts (its `values`).
+AMB_FLAGS = tuple(setting for setting in AMB_SETTINGS if setting.flag)
+AMB_VALUE_TYPES = {"layers": layer_list, "int >= 1": positive_int, "int >= 0": non_negative_int,
+                   "[0, 1]": probability, "real": float}
+
+
+def amb_argument(setting: AmbSetting) -> dict:
+    """add_argument keywords (type or choices, help) for one AMB setting's option."""
+    if setting.choices:
+        return {"choices": setting.choices, "help": setting.help}
+    # (PaceConfig.with_changes: naming layers switches the AMB on)
+    text = f"{setting.help} (implies --amb)" if setting.kind is tuple else f"{setting.help} (default {setting.default})"
+    return {"type": AMB_VALUE_TYPES[setting.values], "help": text}
 
 
 def add_amb_args(p: argparse.ArgumentParser, stats: bool = True) -> None:
     g = p.add_argument_group("Activation Memory Bank (defaults: the model's pace.amb.* metadata, else off)")
     g.add_argument("--amb", action=argparse.BooleanOptionalAction, default=None, help="switch the AMB on or off")
-    for name, (kind, text) in AMB_FLAGS.items():
-        flag = "--amb-bank" if name == "bank_size" else f"--amb-{name.replace('_', '-')}"
-        g.add_argument(flag, dest=f"amb_{name}", default=None, help=text, **kind)
+    for setting in AMB_FLAGS:
+        g.add_argument(setting.flag, dest=f"amb_{setting.name}", default=None, **amb_argument(setting))
     if stats:
         g.add_argument("--stats", action="store_true", help="after each answer, print per AMB layer the slots used and case counts")
 
 
 def pace_changes(args: argparse.Namespace) -> dict:
     """AMB settings given on the command line, as changes to the model's pace.amb.* defaults."""
-    changes = {name: getattr(args, f"amb_{name}") for name in AMB_FLAGS if getattr(args, f"amb_{name}") is not None}
+    given = {setting.name: getattr(args, f"amb_{setting.name}") for setting in AMB_FLAGS}
+    changes = {name: value for name, value in given.items() if value is not None}
     if args.amb is not None:
         changes["enabled"] = args.amb
     return changes

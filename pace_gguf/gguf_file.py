@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import ctypes
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from types import SimpleNamespace
 
-from ._native import native_library
+from . import _bindings
 from .errors import ModelFileError
 
 GGUF_MAGIC = b"GGUF"
@@ -28,34 +30,9 @@ class GGUFSummary:
     architecture: str | None
 
 
-class _InitParams(ctypes.Structure):
-    _fields_ = [("no_alloc", ctypes.c_bool), ("ctx", ctypes.c_void_p)]
-
-
-_LOG_CALLBACK = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)
-_SILENT = _LOG_CALLBACK(lambda level, text, user_data: None)
-
-
-def _gguf_api() -> ctypes.CDLL:
-    lib = native_library()
-    signatures = {
-        "gguf_init_from_file": (ctypes.c_void_p, [ctypes.c_char_p, _InitParams]),
-        "gguf_free": (None, [ctypes.c_void_p]),
-        "gguf_get_data_offset": (ctypes.c_size_t, [ctypes.c_void_p]),
-        "gguf_get_n_tensors": (ctypes.c_int64, [ctypes.c_void_p]),
-        "gguf_get_tensor_offset": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
-        "gguf_get_tensor_size": (ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
-        "gguf_find_key": (ctypes.c_int64, [ctypes.c_void_p, ctypes.c_char_p]),
-        "gguf_get_val_str": (ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
-        "gguf_get_kv_type": (ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
-        "gguf_get_val_data": (ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int64]),
-        "ggml_log_get": (None, [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]),
-        "ggml_log_set": (None, [ctypes.c_void_p, ctypes.c_void_p]),
-    }
-    for name, (restype, argtypes) in signatures.items():
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-    return lib
+# (estimate.py reads headers with these until it switches to gguf_header and _bindings)
+_SILENT = _bindings._SILENT
+_gguf_api = _bindings.api
 
 
 def _read_magic(path: Path) -> bytes:
@@ -73,15 +50,25 @@ def _read_magic(path: Path) -> bytes:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _parse_header(lib: ctypes.CDLL, path: Path) -> int:
-    """ggml's GGUF context for the file's header (no tensor data read), its own log silenced."""
-    old_cb, old_ud = ctypes.c_void_p(), ctypes.c_void_p()
-    lib.ggml_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
-    lib.ggml_log_set(ctypes.cast(_SILENT, ctypes.c_void_p), None)
+def _parse_header(lib: SimpleNamespace, path: Path) -> int:
+    """ggml's GGUF context for the file's header (no tensor data read; 0 if it cannot be parsed).
+    ggml logs why a file is not valid GGUF: silenced, as pace-gguf says it in its own words."""
+    with _bindings.native_log_silenced():
+        return lib.gguf_init_from_file(os.fsencode(path), _bindings.GGUFInitParams(True, None))
+
+
+@contextmanager
+def gguf_header(path: Path):
+    """ggml's GGUF context of the file's header, read with _bindings.api()'s gguf_* functions and
+    freed after the block; ModelFileError if ggml cannot parse it."""
+    lib = _bindings.api()
+    ctx = _parse_header(lib, path)
+    if not ctx:
+        raise ModelFileError(f"{path} is not a valid GGUF file: its header is truncated or corrupt")
     try:
-        return lib.gguf_init_from_file(os.fsencode(path), _InitParams(True, None))
+        yield ctx
     finally:
-        lib.ggml_log_set(old_cb, old_ud)
+        lib.gguf_free(ctx)
 
 
 # Integer GGUF types (enum gguf_type) -> ctypes, and counts llama.cpp asserts on (llama-hparams.h's
@@ -91,7 +78,7 @@ _INT_TYPES = {0: ctypes.c_uint8, 1: ctypes.c_int8, 2: ctypes.c_uint16, 3: ctypes
 _COUNT_LIMITS = {"block_count": 512, "expert_count": 1024}
 
 
-def _check_counts(lib: ctypes.CDLL, ctx, path: Path, arch: str) -> None:
+def _check_counts(lib: SimpleNamespace, ctx, path: Path, arch: str) -> None:
     for name, limit in _COUNT_LIMITS.items():
         key = lib.gguf_find_key(ctx, f"{arch}.{name}".encode())
         kind = _INT_TYPES.get(lib.gguf_get_kv_type(ctx, key)) if key >= 0 else None
@@ -109,11 +96,8 @@ def check_gguf(path: str | Path) -> GGUFSummary:
     magic = _read_magic(path)
     if magic != GGUF_MAGIC:
         raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    lib = _gguf_api()
-    ctx = _parse_header(lib, path)
-    if not ctx:
-        raise ModelFileError(f"{path} is not a valid GGUF file: its header is truncated or corrupt")
-    try:
+    lib = _bindings.api()
+    with gguf_header(path) as ctx:
         n_tensors = lib.gguf_get_n_tensors(ctx)
         data = lib.gguf_get_data_offset(ctx)
         needed = max((data + lib.gguf_get_tensor_offset(ctx, i) + lib.gguf_get_tensor_size(ctx, i)
@@ -123,8 +107,6 @@ def check_gguf(path: str | Path) -> GGUFSummary:
         arch = lib.gguf_get_val_str(ctx, key).decode() if is_str else None
         if arch is not None:
             _check_counts(lib, ctx, path, arch)
-    finally:
-        lib.gguf_free(ctx)
     size = path.stat().st_size
     if size < needed:
         raise ModelFileError(f"{path} is truncated: its tensors need {needed:,} bytes but the file has {size:,}")

@@ -23,6 +23,7 @@ from __future__ import annotations
 import warnings
 from typing import Union
 
+from . import _llama_cpp_compat as compat
 from . import amb
 from ._native import build_id, llama_cpp_module
 from .amb import LayerStats, PaceConfig, PaceMetadataWarning
@@ -52,12 +53,12 @@ class Llama(_llama_cpp.Llama):
     def _load_error(self, path, exc: ValueError) -> PaceError:
         """Which step failed, told by how far llama-cpp-python's constructor got: no model yet means
         the file could not be loaded; a model means its context (sized by n_ctx) could not be made."""
-        if not hasattr(self, "_model"):
+        if not compat.model_loaded(self):
             return ModelFileError(f"llama.cpp could not load {path}: {exc} ({amb.last_error() or 'see its log'})")
         return ContextCreationError(
             f"llama.cpp could not create a context of {self.context_params.n_ctx} tokens for {path.name}: its KV "
             "cache, allocated up front, probably does not fit in memory; use a smaller n_ctx (--n-ctx; the model "
-            f"was trained with {self._model.n_ctx_train()}; --verbose shows llama.cpp's reason)"
+            f"was trained with {compat.n_ctx_train(self)}; --verbose shows llama.cpp's reason)"
         )
 
     # -- Activation Memory Bank --------------------------------------------------------------------
@@ -78,7 +79,7 @@ class Llama(_llama_cpp.Llama):
             config = pace
         else:
             raise amb.PaceConfigError(f"pace must be a PaceConfig, a dict, a bool or None, got {type(pace).__name__}")
-        amb.set_config(self._ctx.ctx, config)
+        amb.set_config(compat.context_pointer(self), config)
         return config
 
     def _model_pace_config(self, needed: bool) -> PaceConfig:
@@ -86,7 +87,7 @@ class Llama(_llama_cpp.Llama):
         caller asked for exactly those settings (`needed`), they are replaced by the defaults (AMB
         off) with a warning that says why."""
         try:
-            return amb.model_config(self._model.model)
+            return amb.model_config(compat.model_pointer(self))
         except amb.PaceConfigError as exc:
             if needed:
                 raise
@@ -96,7 +97,7 @@ class Llama(_llama_cpp.Llama):
     @property
     def pace(self) -> PaceConfig:
         """The AMB settings in effect."""
-        return amb.get_config(self._ctx.ctx)
+        return amb.get_config(compat.context_pointer(self))
 
     @property
     def amb_enabled(self) -> bool:
@@ -104,23 +105,24 @@ class Llama(_llama_cpp.Llama):
 
     def reset_memory(self, seq_id: int = -1) -> None:
         """Empty the AMB banks of one sequence, or of all (-1)."""
-        amb.reset(self._ctx.ctx, seq_id)
+        amb.reset(compat.context_pointer(self), seq_id)
 
     def memory_stats(self, seq_id: int = 0) -> dict[int, LayerStats]:
         """Per AMB layer: slots used and retrieval cases (high/mid/low) since the last reset."""
-        return {layer: amb.layer_stats(self._ctx.ctx, layer, seq_id) for layer in sorted(self.pace.layers)}
+        ctx = compat.context_pointer(self)
+        return {layer: amb.layer_stats(ctx, layer, seq_id) for layer in sorted(self.pace.layers)}
 
     def amb_bank(self, layer: int, seq_id: int = 0) -> dict:
         """A copy of one bank (keys, values, usage, valid) as numpy arrays."""
-        return amb.bank(self._ctx.ctx, layer, seq_id)
+        return amb.bank(compat.context_pointer(self), layer, seq_id)
 
     def amb_cases(self, layer: int, seq_id: int = 0):
         """Retrieval case per position of the current sequence (0 low, 1 mid, 2 high)."""
-        return amb.cases(self._ctx.ctx, layer, self.n_tokens, seq_id)
+        return amb.cases(compat.context_pointer(self), layer, self.n_tokens, seq_id)
 
     @property
     def amb_memory_bytes(self) -> int:
-        return amb.memory_size(self._ctx.ctx)
+        return amb.memory_size(compat.context_pointer(self))
 
     def evict_window(self, p0: int, p1: int, seq_id: int = 0) -> None:
         """Evict cached positions [p0, p1) and move the later ones down (llama.cpp's context shift),
@@ -129,9 +131,8 @@ class Llama(_llama_cpp.Llama):
         n = self.n_tokens
         if not 0 <= p0 < p1 <= n:
             raise PaceError(f"evict_window: need 0 <= p0 < p1 <= {n} (the cached tokens), got [{p0}, {p1})")
-        amb.evict(self._ctx.ctx, seq_id, p0, p1)
-        self.input_ids[p0:n - (p1 - p0)] = self.input_ids[p1:n].copy()
-        self.n_tokens = n - (p1 - p0)
+        amb.evict(compat.context_pointer(self), seq_id, p0, p1)
+        compat.drop_held_tokens(self, p0, p1)
 
     # -- long documents (pace_gguf.longdoc) ---------------------------------------------------------
 
@@ -161,7 +162,7 @@ class Llama(_llama_cpp.Llama):
     @property
     def _capacity(self) -> int:
         # llama-cpp-python's token arrays hold the n_ctx asked for, which llama.cpp may have rounded up
-        return min(self.n_ctx(), len(self.input_ids))
+        return min(self.n_ctx(), compat.token_capacity(self))
 
     def eval(self, tokens) -> None:
         # llama-cpp-python would fail deep inside with a numpy broadcast error; say what happened.
@@ -188,7 +189,7 @@ class Llama(_llama_cpp.Llama):
 
     def generate(self, tokens, *args, **kwargs):
         if kwargs.get("reset", True) and self.amb_enabled and not self._continues_context(tokens):
-            self.n_tokens = 0  # no prefix reuse: see the module docstring
+            compat.forget_tokens(self)  # no prefix reuse: see the module docstring
         n_prompt = len(tokens)
         try:
             yield from super().generate(tokens, *args, **kwargs)
@@ -205,10 +206,11 @@ class Llama(_llama_cpp.Llama):
         """Whether llama-cpp-python's prefix reuse would keep every cached position: the prompt is the
         cached tokens plus more (or exactly them, with their logits still live). Any shorter reuse
         removes positions the bank absorbed, which empties it while the cache keeps the prefix."""
-        n = self.n_tokens
-        if n == 0 or len(tokens) < n or list(tokens[:n]) != self.input_ids[:n].tolist():
+        held = compat.held_tokens(self)
+        n = len(held)
+        if n == 0 or len(tokens) < n or list(tokens[:n]) != held:
             return False
-        return len(tokens) > n or not self._requires_eval
+        return len(tokens) > n or compat.logits_live(self)
 
     def load_state(self, state) -> None:
         try:
@@ -219,7 +221,7 @@ class Llama(_llama_cpp.Llama):
     def close(self) -> None:
         # A constructor that rejected its input never created llama_cpp's resources; without this
         # guard, llama_cpp.Llama.__del__ would print an AttributeError traceback.
-        if hasattr(self, "_stack"):
+        if compat.resources_created(self):
             super().close()
 
     @property
@@ -227,11 +229,8 @@ class Llama(_llama_cpp.Llama):
         return build_id()
 
 
-_OVERFLOW_MESSAGE = "exceed context window"  # llama-cpp-python 0.3.36's wording
-
-
 def _raise_if_overflow(exc: ValueError) -> None:
-    if _OVERFLOW_MESSAGE in str(exc):
+    if compat.is_overflow_error(exc):
         raise ContextOverflowError(f"the prompt does not fit in the context ({exc}); "
                                    "use a larger n_ctx (--n-ctx) or a shorter input") from exc
 

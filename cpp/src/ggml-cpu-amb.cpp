@@ -9,7 +9,7 @@
 #include "ggml-cpu-amb.h"
 
 #include "ggml-cpu-impl.h"
-#include "pace-amb-math.h"
+#include "pace-amb-layout.h"
 
 #include <vector>
 
@@ -32,19 +32,13 @@ struct amb_op {
         std::memcpy(&hp, d->op_params, sizeof(hp));
     }
 
-    int32_t * state(int s) const {
-        const ggml_tensor * t = dst->src[4];
-        return (int32_t *) ((char *) t->data + s * t->nb[1]);
-    }
+    int32_t * state(int s) const { return state_row(dst->src[4], s); }
+    int32_t * case_log(int s) const { return case_log_row(dst->src[4], s); }
     int64_t n_pos() const { return dst->src[4]->ne[0] - GGML_AMB_STATE_HEADER; }
     bool prompt_span(int s) const { return (state(s)[ST_FLAGS] & FLAG_PROMPT_SPAN) && dst->src[5] != nullptr; }
 
     bank_view view(int s, bool snapshot) const {
-        const ggml_tensor * bank = dst->src[snapshot ? 5 : 2];
-        const ggml_tensor * meta = dst->src[snapshot ? 6 : 3];
-        float * k = (float *) ((char *) bank->data + s * bank->nb[2]);
-        float * m = (float *) ((char *) meta->data + s * meta->nb[1]);
-        return bank_view{n_ff, M, k, k + (int64_t) M * n_ff, m, m + M, m + 2 * M};
+        return snapshot ? bank_view_of(dst->src[5], dst->src[6], s) : bank_view_of(dst->src[2], dst->src[3], s);
     }
     const float * x_row(int64_t t) const { return (const float *) ((const char *) a->data + t * a->nb[1]); }
     float *       o_row(int64_t t) const { return (float *) ((char *) dst->data + t * dst->nb[1]); }
@@ -104,7 +98,7 @@ void log_cases(const amb_op & op, const amb_work & w) {
         count += count < INT32_MAX; // saturates: a count restored from a state may already be at the top
         const int32_t pos = op.tok[2 * t + 1];
         if (pos >= 0 && pos < op.n_pos()) {
-            st[GGML_AMB_STATE_HEADER + pos] = c + 1; // + 1: a cleared entry (0) means "no token seen"
+            op.case_log(op.seq_of(t))[pos] = case_log_entry(c);
         }
     }
 }
@@ -121,9 +115,7 @@ std::vector<int64_t> tokens_of_seq(const amb_op & op, int seq) {
 
 // Prompt granularity: append rows to the sequence's pending buffer, storing each full chunk.
 void buffer_rows(const amb_op & op, int seq, const std::vector<int64_t> & rows) {
-    const ggml_tensor * pend = op.dst->src[7];
-    float * px = (float *) ((char *) pend->data + seq * pend->nb[2]);
-    float * po = px + (int64_t) op.hp.chunk * op.n_ff;
+    const pending_rows pend = pending_of(op.dst->src[7], seq);
     int32_t * st = op.state(seq);
     bank_view b = op.view(seq, false);
     if (st[ST_N_PENDING] < 0 || st[ST_N_PENDING] >= op.hp.chunk) {
@@ -131,14 +123,14 @@ void buffer_rows(const amb_op & op, int seq, const std::vector<int64_t> & rows) 
     }
     for (int64_t t : rows) {
         const int32_t n = st[ST_N_PENDING];
-        std::memcpy(px + n * op.n_ff, op.x_row(t), op.n_ff * sizeof(float));
-        std::memcpy(po + n * op.n_ff, op.o_row(t), op.n_ff * sizeof(float));
+        std::memcpy(pend.keys + n * op.n_ff, op.x_row(t), op.n_ff * sizeof(float));
+        std::memcpy(pend.vals + n * op.n_ff, op.o_row(t), op.n_ff * sizeof(float));
         st[ST_N_PENDING] = n + 1;
         if (n + 1 == op.hp.chunk) {
             std::vector<const float *> X(op.hp.chunk), O(op.hp.chunk);
             for (int i = 0; i < op.hp.chunk; ++i) {
-                X[i] = px + i * op.n_ff;
-                O[i] = po + i * op.n_ff;
+                X[i] = pend.keys + i * op.n_ff;
+                O[i] = pend.vals + i * op.n_ff;
             }
             store_rows(op.hp, b, X.data(), O.data(), op.hp.chunk);
             st[ST_N_PENDING] = 0;

@@ -2,8 +2,9 @@
 // pace-amb-params.cpp (settings) and pace-amb-memory.cpp (sequence events, session state).
 #pragma once
 
+#include "pace.h"
 #include "pace-amb.h"
-#include "pace-amb-math.h"
+#include "pace-amb-layout.h"
 
 #include "ggml-cpp.h"
 
@@ -85,7 +86,9 @@ struct llama_pace_amb {
 
     bool valid_seq(llama_seq_id s) const { return s >= 0 && (uint32_t) s < n_seq; }
     size_t seq_bytes(const ggml_tensor * t) const;
+    // One sequence's parts of a layer's tensors (layout: pace-amb-layout.h).
     int32_t * state_of(const amb_layer & l, llama_seq_id s) const;
+    int32_t * case_log_of(const amb_layer & l, llama_seq_id s) const;
     pace_amb::bank_view view(const amb_layer & l, llama_seq_id s) const;
 
     void reset(llama_seq_id s);                       // s < 0: all sequences

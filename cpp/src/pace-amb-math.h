@@ -4,6 +4,11 @@
 // host-side flush of prompt granularity (pace-amb.cpp, in libllama). Keeping the rules in one place
 // keeps the two bit-identical. The oracle is pace_gguf/reference/amb.py; names follow it.
 //
+// Each library runs its own copy: everything here that has code is in an unnamed namespace
+// (internal linkage). As plain inline functions they would be weak symbols exported by both
+// libraries, and the dynamic linker would bind both libraries' calls to whichever copy it met first.
+// The types without code (hparams, bank_view) stay in pace_amb proper, for the bank owner's interface.
+//
 // Conventions (decisions of spec section 6):
 //  * bank, similarities and comparisons in fp32; cos = dot(x/max(|x|,eps), k/max(|k|,eps));
 //  * strict '>' against both thresholds; retrieval decides on the max similarity, the store on the
@@ -26,10 +31,6 @@ enum amb_mode : int32_t { MODE_CODE = 0, MODE_PAPER = 1 };
 
 constexpr float EPS = 1e-8f;
 
-// Per-sequence header of the op's `state` tensor (GGML_AMB_STATE_HEADER ints), before the case log.
-enum state_field : int32_t { ST_N_PENDING = 0, ST_N_HIGH = 1, ST_N_MID = 2, ST_N_LOW = 3, ST_FLAGS = 4 };
-constexpr int32_t FLAG_PROMPT_SPAN = 1; // read the snapshot, buffer rows in pend
-
 // Mirrors struct ggml_amb_params (ggml.h); kept separate so this header needs no ggml include.
 struct hparams {
     float   theta_high, theta_low, alpha, w_high, w_mid, lambda, momentum;
@@ -46,6 +47,8 @@ struct bank_view {
     float * valid;
     float * knorm; // |K_j| clamped to EPS, kept in step with every write so retrieval need not recompute it
 };
+
+namespace { // internal linkage, see the top of this file
 
 // Dot product with 8 independent accumulators: vectorizes without -ffast-math, and its rounding
 // does not depend on the thread count.
@@ -337,4 +340,5 @@ inline void store_rows(const hparams & hp, bank_view & b, const float * const * 
     }
 }
 
+} // namespace
 } // namespace pace_amb

@@ -192,27 +192,25 @@ struct staged_bank {
 
 void check_bank(const llama_pace_amb & amb, const amb_layer & l, staged_bank & b) {
     const int32_t M = amb.params().bank_size;
-    float * keys = b.bank.data();
-    float * vals = keys + (int64_t) M * l.n_ff;
-    float * usage = b.meta.data(), * valid = usage + M, * knorm = valid + M;
+    const bank_view bv = bank_view_at(b.bank.data(), b.meta.data(), l.n_ff, M);
     for (int32_t j = 0; j < M; ++j) {
-        if (valid[j] != 0.0f && valid[j] != 1.0f) {
-            corrupt(format("layer %d slot %d: valid flag %g", l.il, j, valid[j]));
+        if (bv.valid[j] != 0.0f && bv.valid[j] != 1.0f) {
+            corrupt(format("layer %d slot %d: valid flag %g", l.il, j, bv.valid[j]));
         }
-        if (!(std::isfinite(usage[j]) && usage[j] >= 0.0f)) {
-            corrupt(format("layer %d slot %d: usage %g", l.il, j, usage[j]));
+        if (!(std::isfinite(bv.usage[j]) && bv.usage[j] >= 0.0f)) {
+            corrupt(format("layer %d slot %d: usage %g", l.il, j, bv.usage[j]));
         }
-        float * k = keys + (int64_t) j * l.n_ff, * v = vals + (int64_t) j * l.n_ff;
-        if (valid[j] == 0.0f) {
+        float * k = bv.keys + (int64_t) j * l.n_ff, * v = bv.vals + (int64_t) j * l.n_ff;
+        if (bv.valid[j] == 0.0f) {
             std::memset(k, 0, l.n_ff * sizeof(float));
             std::memset(v, 0, l.n_ff * sizeof(float));
-            usage[j] = knorm[j] = 0.0f;
+            bv.usage[j] = bv.knorm[j] = 0.0f;
             continue;
         }
         if (!all_finite(k, l.n_ff) || !all_finite(v, l.n_ff)) {
             corrupt(format("layer %d slot %d holds non-finite values", l.il, j));
         }
-        knorm[j] = clamped_norm(k, l.n_ff); // derived data is recomputed, not trusted
+        bv.knorm[j] = clamped_norm(k, l.n_ff); // derived data is recomputed, not trusted
     }
     int32_t * st = b.state.data();
     if (st[ST_N_PENDING] != 0 || st[ST_FLAGS] != 0) {
@@ -223,13 +221,13 @@ void check_bank(const llama_pace_amb & amb, const amb_layer & l, staged_bank & b
             corrupt(format("layer %d: negative case count %d", l.il, st[f]));
         }
     }
-    for (int32_t f = ST_FLAGS + 1; f < GGML_AMB_STATE_HEADER; ++f) {
+    for (int32_t f = ST_COUNT; f < GGML_AMB_STATE_HEADER; ++f) {
         if (st[f] != 0) {
             corrupt(format("layer %d: unknown header field %d = %d", l.il, f, st[f]));
         }
     }
     for (size_t i = GGML_AMB_STATE_HEADER; i < b.state.size(); ++i) {
-        if (st[i] < 0 || st[i] > CASE_HIGH + 1) {
+        if (st[i] < 0 || st[i] > CASE_LOG_MAX) {
             corrupt(format("layer %d: case log entry %d", l.il, st[i]));
         }
     }

@@ -139,14 +139,15 @@ size_t llama_pace_amb::seq_bytes(const ggml_tensor * t) const {
 }
 
 int32_t * llama_pace_amb::state_of(const amb_layer & l, llama_seq_id s) const {
-    return (int32_t *) ((char *) l.state->data + s * l.state->nb[1]);
+    return state_row(l.state, s);
+}
+
+int32_t * llama_pace_amb::case_log_of(const amb_layer & l, llama_seq_id s) const {
+    return case_log_row(l.state, s);
 }
 
 pace_amb::bank_view llama_pace_amb::view(const amb_layer & l, llama_seq_id s) const {
-    float * k = (float *) ((char *) l.bank->data + s * l.bank->nb[2]);
-    float * m = (float *) ((char *) l.meta->data + s * l.meta->nb[1]);
-    const int32_t M = banks.params.bank_size;
-    return {l.n_ff, M, k, k + (int64_t) M * l.n_ff, m, m + M, m + 2 * M};
+    return bank_view_of(l.bank, l.meta, s);
 }
 
 void llama_pace_amb::reset(llama_seq_id s) {
@@ -242,12 +243,11 @@ void llama_pace_amb::flush_pending() {
             const int32_t n = st[ST_N_PENDING];
             GGML_ASSERT(n >= 0 && n < hp.chunk); // the kernel stores every full chunk; loaded states are checked
             if (n > 0) {
-                const float * px = (const float *) ((const char *) l.pend->data + s * l.pend->nb[2]);
-                const float * po = px + (int64_t) hp.chunk * l.n_ff;
+                const pending_rows pend = pending_of(l.pend, s);
                 std::vector<const float *> X(n), O(n);
                 for (int32_t i = 0; i < n; ++i) {
-                    X[i] = px + i * l.n_ff;
-                    O[i] = po + i * l.n_ff;
+                    X[i] = pend.keys + i * l.n_ff;
+                    O[i] = pend.vals + i * l.n_ff;
                 }
                 auto b = view(l, s);
                 store_rows(hp, b, X.data(), O.data(), n);
@@ -357,7 +357,7 @@ void llama_pace_amb::on_evicted(llama_seq_id s, llama_pos p0, llama_pos p1) {
     const llama_pos n = p1 - p0;
     // The case log is per position: entries of the moved tokens move with them, the freed tail is cleared.
     for (auto & l : banks.layers) {
-        int32_t * log = state_of(l, s) + GGML_AMB_STATE_HEADER;
+        int32_t * log = case_log_of(l, s);
         const llama_pos end = (llama_pos) n_pos;
         if (p1 < end) {
             std::memmove(log + p0, log + p1, (size_t) (end - p1) * sizeof(int32_t));
@@ -369,10 +369,13 @@ void llama_pace_amb::on_evicted(llama_seq_id s, llama_pos p0, llama_pos p1) {
     if (si.empty() || si.pos_max < p0) {
         return;
     }
-    // What the bank took from evicted tokens is counted at p0, the first position after the kept
-    // prefix: a later removal that reaches p0 (an undo, a clear) still empties the bank.
-    si.pos_min = si.pos_min < p0 ? si.pos_min : std::max(p0, si.pos_min - n);
-    si.pos_max = si.pos_max >= p1 ? si.pos_max - n : p0;
+    // What the bank took from evicted tokens stays attached to the kept prefix: it counts as
+    // absorbed at p0 - 1, the prefix's last position, so removing everything after the prefix (the
+    // next eval's cleanup) keeps the bank, and a removal that reaches into the prefix (an undo, a
+    // clear) still empties it. llama_pace_amb_evict refuses p0 == 0 when it would evict all.
+    const llama_pos anchor = std::max<llama_pos>(p0 - 1, 0);
+    si.pos_min = std::min(si.pos_min < p0 ? si.pos_min : std::max(p0, si.pos_min - n), anchor);
+    si.pos_max = si.pos_max >= p1 ? si.pos_max - n : anchor;
 }
 
 // ---- graph -------------------------------------------------------------------------------------------
@@ -495,7 +498,7 @@ void llama_pace_amb_decode_end(llama_pace_amb * amb, llama_context & lctx) {
     amb->apply_shared();
 }
 
-// ---- public C API (llama.h) ---------------------------------------------------------------------------
+// ---- public C API (pace.h) ---------------------------------------------------------------------------
 
 namespace {
 
@@ -660,9 +663,9 @@ int32_t llama_pace_amb_get_cases(const struct llama_context * ctx, llama_seq_id 
         return fail(format("no AMB bank for layer %d, seq_id %d", il, seq_id));
     }
     const int32_t n = std::max(0, std::min<int32_t>(n_pos, (int32_t) amb->n_pos));
-    const int32_t * log = amb->state_of(*l, seq_id) + GGML_AMB_STATE_HEADER;
+    const int32_t * log = amb->case_log_of(*l, seq_id);
     for (int32_t i = 0; i < n; ++i) {
-        out[i] = log[i] - 1; // the log stores case + 1, so that 0 (cleared) reads as -1 (unknown)
+        out[i] = case_from_log(log[i]); // a cleared entry reads as -1 (unknown)
     }
     return n;
 }
@@ -685,6 +688,10 @@ int32_t llama_pace_amb_evict(struct llama_context * ctx, llama_seq_id seq_id, ll
     auto * amb = synced_amb(ctx);
     if (amb && !amb->valid_seq(seq_id)) {
         return fail(format("seq_id %d is out of range [0, %u)", seq_id, amb->n_seq));
+    }
+    if (amb && p0 == 0 && !amb->seqs[seq_id].empty() && amb->seqs[seq_id].pos_max < p1) {
+        return fail(format("evict: [0, %d) removes every position the bank of seq %d absorbed, leaving what it holds "
+                           "attached to no token; keep at least the first token (p0 >= 1)", p1, seq_id));
     }
     if (amb) {
         amb->evicting = true;

@@ -7,7 +7,7 @@
 //   llama.cpp's own rollbacks alike) and every session state read/write reach the banks;
 // * llama-context.cpp's decode calls llama_pace_amb_decode_begin/_end around its ubatch loop;
 // * llama-graph.cpp's build_ffn calls llama_pace_amb_build() just before the down projection.
-// The public C API is in llama.h (llama_pace_amb_*), implemented in pace-amb.cpp.
+// The public C API (llama_pace_amb_*, for ctypes) is in pace.h, implemented in pace-amb.cpp.
 #pragma once
 
 #include "llama.h"

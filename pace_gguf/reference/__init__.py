@@ -3,8 +3,8 @@
 * ``AmbConfig``, ``ActivationMemoryBank`` (amb.py): the Activation Memory Bank (spec 2, 6).
 * ``enable_amb``, ``disable_amb``, ``reset_memory``, ``get_banks``, ``run_prompt_and_generate``,
   ``ce_reorder_model`` (hf.py): transformers integration for Llama/Qwen2-family models.
-* ``cluster_experts`` and the ``permute_*`` helpers (ce.py): Cortical Expert clustering (spec 3).
-  ce.py needs numpy only.
+* ``cluster_experts`` (the converter's own, pace_gguf.convert.ce, re-exported) and the ``permute_*``
+  helpers (ce.py): Cortical Expert clustering and FFN permutation (spec 3). ce.py needs numpy only.
 * ``write_golden`` (golden.py, also ``python -m pace_gguf.reference.golden``): golden dumps.
 
 Names are loaded lazily, so ``import pace_gguf.reference.ce`` works without torch and torch is
@@ -39,7 +39,6 @@ _EXPORTS = {
     "permute_rows": "ce",
     "permute_down": "ce",
     "permute_ffn": "ce",
-    "permute_imatrix": "ce",
     "expert_objective": "ce",
     "write_golden": "golden",
 }

@@ -32,7 +32,7 @@ def test_convert_cli_import_is_light(tmp_path):
 
     code = ("import sys, pace_gguf.cli as c; c.build_parser(); "
             "bad=[m for m in ('torch','transformers','llama_cpp') if m in sys.modules]; print(bad); sys.exit(bool(bad))")
-    assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path).returncode == 0  # not the checkout: its pace_gguf/ lacks convert/
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, cwd=tmp_path).returncode == 0  # the installed package, not the checkout (its pace_gguf/ lacks lib/)
 
 
 def test_converter_log_relays_only_upstreams_bar(capsys):

@@ -9,9 +9,10 @@ torch = pytest.importorskip("torch")
 
 from hypothesis import given, settings, strategies as st  # noqa: E402
 
-from pace_gguf.reference import ce  # noqa: E402
+from pace_gguf.convert import ce  # noqa: E402
+from pace_gguf.convert.imatrix import permute_imatrix  # noqa: E402
 from pace_gguf.reference import (  # noqa: E402
-    cluster_experts, inverse_permutation, permute_down, permute_ffn, permute_imatrix, permute_rows,
+    cluster_experts, inverse_permutation, permute_down, permute_ffn, permute_rows,
 )
 
 
@@ -139,9 +140,10 @@ def test_down_layouts_and_imatrix():
     # follow the columns of down.
     acts = rng.standard_normal((50, 10))
     imat = (acts ** 2).sum(0)
-    assert np.allclose(permute_imatrix(imat, perm), (acts[:, perm] ** 2).sum(0), rtol=1e-12)
-    stacked = np.stack([imat, 2 * imat])
-    assert np.array_equal(permute_imatrix(stacked, perm)[1], 2 * imat[perm])
+    name = "blk.0.ffn_down.weight"
+    assert np.allclose(permute_imatrix({name: imat}, {0: perm})[name], (acts[:, perm] ** 2).sum(0), rtol=1e-12)
+    stacked = np.concatenate([imat, 2 * imat])             # one entry per expert of a MoE layer
+    assert np.array_equal(permute_imatrix({name: stacked}, {0: perm})[name][10:], 2 * imat[perm])
 
 
 # ---------------------------------------------------------------------- 3: FFN equivalence

@@ -141,6 +141,17 @@ class _Cursor:
 
 def read_gguf(path) -> GGUFSource:
     """Parse a GGUF file; raises ConvertError on a missing, non-GGUF, truncated or corrupt file."""
+    source = read_gguf_header(path)
+    size = source.path.stat().st_size
+    need = max((source.data_start + t.offset + t.nbytes for t in source.tensors), default=source.data_start)
+    if size < need:
+        raise ConvertError(f"{source.path} is truncated: its tensors need {need:,} bytes but the file has {size:,}")
+    return source
+
+
+def read_gguf_header(path) -> GGUFSource:
+    """Parse a GGUF file's header (metadata and tensor infos) without checking that its tensor data
+    is all there: a vocab-only GGUF of llama.cpp ends unpadded, before its empty data section."""
     path = Path(path)
     if not path.is_file():                          # (a FIFO or a device could block the reads)
         raise ConvertError(f"{path} is not a regular file" if path.exists() else f"input not found: {path}")
@@ -150,7 +161,7 @@ def read_gguf(path) -> GGUFSource:
     mm = np.memmap(path, dtype=np.uint8, mode="r")
     if bytes(mm[:4]) != GGUF_MAGIC:
         raise ConvertError(f"{path} is not a GGUF file (it starts with {bytes(mm[:4])!r})")
-    cur = _Cursor(mm, path)
+    cur = _Cursor(memoryview(mm), path)          # slices of a memoryview are cheap, of a memmap not
     cur.pos = 4
     version, n_tensors, n_kv = cur.take("I"), cur.take("Q"), cur.take("Q")
     if version < 2:
@@ -160,7 +171,7 @@ def read_gguf(path) -> GGUFSource:
         start = cur.pos
         key = cur.string()
         kv[key] = cur.value(cur.take("I"))
-        kv_raw[key] = bytes(mm[start:cur.pos])
+        kv_raw[key] = bytes(cur.data[start:cur.pos])
     tensors = []
     for _ in range(n_tensors):
         name = cur.string()
@@ -170,9 +181,6 @@ def read_gguf(path) -> GGUFSource:
         tensors.append(TensorInfo(name, shape, ttype, offset, type_nbytes(ttype, shape)))
     alignment = int(kv.get("general.alignment", DEFAULT_ALIGNMENT))
     data_start = _align(cur.pos, alignment)
-    need = max((data_start + t.offset + t.nbytes for t in tensors), default=data_start)
-    if size < need:
-        raise ConvertError(f"{path} is truncated: its tensors need {need:,} bytes but the file has {size:,}")
     del cur, mm                    # only the header was touched; tensor data is read on demand
     return GGUFSource(path, version, kv_raw, kv, tensors, alignment, data_start)
 

@@ -41,7 +41,6 @@ class ConvertOptions:
     seed: int = 0
     imatrix: Path | None = None
     amb: dict = field(default_factory=dict)   # AMB_KEYS name -> value, only what the user gave
-    requantize: bool = False        # reorder a GGUF whose ffn_down is quantized (dequantize first)
     threads: int = 0
     verbose: bool = False
     progress: bool = True
@@ -164,7 +163,7 @@ def convert(src, out, opts: ConvertOptions) -> ConvertSummary:
             _log(f"converting {src} with llama.cpp's convert_hf_to_gguf.py (--outtype {outtype})")
             run_upstream_converter(src, t_upstream, outtype, verbose=opts.verbose, progress=opts.progress)
             source = read_gguf(t_upstream)
-        objectives = _reorder_step(source, t_reordered, opts, amb_kv, dequantize_first=False)
+        objectives = _reorder_step(source, t_reordered, opts, amb_kv)
         if source.path == t_upstream:
             del source
             t_upstream.unlink(missing_ok=True)        # free disk before quantizing
@@ -204,7 +203,7 @@ def _needs_quantize(path: Path, quant: str) -> bool:
     return any(t.type != want and len(t.shape) > 1 for t in src.tensors)
 
 
-def _reorder_step(source, dst: Path, opts: ConvertOptions, amb_kv: dict, dequantize_first: bool) -> dict:
+def _reorder_step(source, dst: Path, opts: ConvertOptions, amb_kv: dict) -> dict:
     """CE (when opts.experts) + metadata, streamed from `source` into `dst`."""
     from .reorder import ReorderPlan, cluster_all, plan_reorder, reorder_tensors  # noqa: PLC0415
 
@@ -212,7 +211,7 @@ def _reorder_step(source, dst: Path, opts: ConvertOptions, amb_kv: dict, dequant
     if amb_kv:
         drop += ("pace.amb.",)                       # the user's settings replace the file's
     if opts.experts:
-        plan = plan_reorder(source, opts.experts, allow_quantized_down=False)
+        plan = plan_reorder(source, opts.experts)
         bar = _bar(len(plan.layers), "CE clustering", "layer", opts.progress)
         cluster_all(source, plan, opts.experts, opts.seed, on_layer=lambda r: bar.update(1))
         bar.close()
@@ -257,7 +256,9 @@ def reorder(src, out, *, experts: int = 64, seed: int = 0, requantize: bool = Fa
         raise ConvertError(f"--experts must be >= 1 for reorder, got {experts}")
     source = read_gguf(src)
     opts = ConvertOptions(experts=experts, seed=seed, progress=progress, threads=threads)
+    from .quantize import quantize  # noqa: PLC0415
     from .reorder import plan_reorder  # noqa: PLC0415
+
     quantized = [t.name for t in source.tensors if t.name.endswith("ffn_down.weight") and t.type not in ELEMENT_SIZE]
     if quantized and not requantize:
         plan_reorder(source, experts)                 # raises the explanatory error
@@ -266,13 +267,11 @@ def reorder(src, out, *, experts: int = 64, seed: int = 0, requantize: bool = Fa
         if quantized:
             qtype = _file_quant_name(source)
             _log(f"--requantize: dequantizing {src.name} to F32, then back to {qtype} after CE (lossy)")
-            from .quantize import quantize  # noqa: PLC0415
             quantize(src, t_f32, "F32", allow_requantize=True, show_progress=progress, nthread=threads)
             source = read_gguf(t_f32)
-        objectives = _reorder_step(source, t_reordered, opts, {}, dequantize_first=False)
+        objectives = _reorder_step(source, t_reordered, opts, {})
         final, notes = t_reordered, []
         if qtype:
-            from .quantize import quantize  # noqa: PLC0415
             quantize(t_reordered, t_quant, qtype, show_progress=progress, nthread=threads)
             final = t_quant
             err = requantize_error(source, read_gguf(t_quant), objectives["perms"])

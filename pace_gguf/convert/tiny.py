@@ -21,6 +21,8 @@ import math
 from dataclasses import dataclass
 from pathlib import Path
 
+from .gguf_stream import read_gguf_header
+
 ARCHITECTURES = ("qwen2", "llama", "qwen2moe")
 
 # Pre-tokenizer regexes of the original tokenizer.json files (Qwen2: single digits; Llama 3: 1-3).
@@ -68,55 +70,9 @@ def _family(arch: str) -> _Family:
 
 
 def _read_vocab(path: Path) -> dict:
-    kv = read_gguf_kv(path, ("tokenizer.ggml.tokens", "tokenizer.ggml.token_type",
-                             "tokenizer.ggml.merges", "tokenizer.chat_template"))
+    kv = read_gguf_header(path).kv     # (gguf's GGUFReader needs ~15 s for a 150k-token vocabulary)
     return {"tokens": kv.get("tokenizer.ggml.tokens"), "types": kv.get("tokenizer.ggml.token_type"),
             "merges": kv.get("tokenizer.ggml.merges"), "template": kv.get("tokenizer.chat_template")}
-
-
-# GGUF value type -> struct format of a scalar (8 = string, 9 = array).
-_SCALARS = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
-
-
-def read_gguf_kv(path: Path, keys) -> dict:
-    """The wanted metadata values of a GGUF file. A plain struct walk of the header: gguf's
-    GGUFReader builds a numpy view per string and needs ~20 s for a 150k-token vocabulary."""
-    import struct  # noqa: PLC0415
-
-    data = Path(path).read_bytes()
-    if data[:4] != b"GGUF":
-        raise ValueError(f"{path} is not a GGUF file")
-    n_kv = struct.unpack_from("<Q", data, 16)[0]
-    pos, out = 24, {}
-
-    def string(pos):
-        n = struct.unpack_from("<Q", data, pos)[0]
-        return data[pos + 8:pos + 8 + n].decode("utf-8"), pos + 8 + n
-
-    def value(kind, pos):
-        if kind == 8:
-            return string(pos)
-        if kind == 9:
-            sub, n = struct.unpack_from("<IQ", data, pos)
-            pos += 12
-            if sub in _SCALARS:
-                fmt = f"<{n}{_SCALARS[sub]}"
-                return list(struct.unpack_from(fmt, data, pos)), pos + struct.calcsize(fmt)
-            items = []
-            for _ in range(n):
-                item, pos = value(sub, pos)
-                items.append(item)
-            return items, pos
-        fmt = "<" + _SCALARS[kind]
-        return struct.unpack_from(fmt, data, pos)[0], pos + struct.calcsize(fmt)
-
-    for _ in range(n_kv):
-        key, pos = string(pos)
-        kind = struct.unpack_from("<I", data, pos)[0]
-        val, pos = value(kind, pos + 4)
-        if key in keys:
-            out[key] = val
-    return out
 
 
 def build_tokenizer(arch: str):

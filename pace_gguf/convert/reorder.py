@@ -1,7 +1,7 @@
 """Cortical Expert (CE) reordering of a GGUF, streamed tensor by tensor (spec section 3.3).
 
 For every layer N with blk.N.ffn_gate/ffn_up/ffn_down, the neurons (rows of ffn_gate) are clustered
-by pace_gguf.reference.ce.cluster_experts, and the same permutation moves
+by cluster_experts (ce.py), and the same permutation moves
   * the rows of ffn_gate and ffn_up (and their biases): a row is one neuron, any tensor type;
   * the columns of ffn_down (ggml ne0 = d_ff, the quantization-block axis): element by element,
     so ffn_down must be F32, F16 or BF16 - permute BEFORE quantizing.
@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from .ce import cluster_experts
 from .errors import ConvertError
 from .gguf_stream import BF16, ELEMENT_SIZE, F16, F32, GGUFSource, OutTensor, type_name, write_gguf
 
@@ -47,7 +48,7 @@ def gated_ffn_layers(src: GGUFSource) -> list[int]:
     return [i for i in layers if all(f"blk.{i}.ffn_{p}.weight" in names for p in ("gate", "up", "down"))]
 
 
-def plan_reorder(src: GGUFSource, n_experts: int, *, allow_quantized_down: bool = False) -> ReorderPlan:
+def plan_reorder(src: GGUFSource, n_experts: int) -> ReorderPlan:
     """Check that CE with `n_experts` applies to this file; raises ConvertError with one line if not."""
     layers = gated_ffn_layers(src)
     if not layers:
@@ -64,7 +65,7 @@ def plan_reorder(src: GGUFSource, n_experts: int, *, allow_quantized_down: bool 
                                f"choose a divisor of {gate.shape[1]}")
         if n_experts > gate.shape[1]:
             raise ConvertError(f"--experts {n_experts} exceeds d_ff = {gate.shape[1]}")
-        if down.type not in ELEMENT_SIZE and not allow_quantized_down:
+        if down.type not in ELEMENT_SIZE:
             raise ConvertError(
                 f"blk.{i}.ffn_down.weight is quantized ({type_name(down.type)}): its neurons lie along the "
                 "quantization blocks, so CE must run on F32/F16/BF16 weights; convert from the F16/BF16 "
@@ -90,8 +91,6 @@ def as_float32(src: GGUFSource, name: str) -> np.ndarray:
 
 
 def cluster_layer(src: GGUFSource, layer: int, n_experts: int, seed: int) -> LayerCE:
-    from pace_gguf.reference.ce import cluster_experts  # noqa: PLC0415  (numpy only)
-
     gate = as_float32(src, f"blk.{layer}.ffn_gate.weight")      # [d_ff, d_model]: neurons are rows
     t0 = time.perf_counter()
     res = cluster_experts(gate, n_experts, seed=seed)

@@ -145,11 +145,13 @@ def _quantize_here(src: str, dst: str, qtype: str, imatrix: dict | None, nthread
 
 
 class _LogCapture:
-    """Route llama.cpp's log to a tqdm bar (tensor lines) and keep errors, for the quantize call."""
+    """Route llama.cpp's log to a tqdm bar (tensor lines) and keep errors, for the quantize call
+    only: the callback installed before (llama-cpp-python's, or a user's) is restored after it."""
 
     def __init__(self, lib, show_progress: bool):
         self.lib, self.show, self.lines, self.bar = lib, show_progress, [], None
         self._cb = lib.llama_log_callback(self._on_log)    # kept alive while installed
+        self._previous = (lib.llama_log_callback(), ctypes.c_void_p())
 
     def _on_log(self, level, text, user_data):
         line = text or b""
@@ -168,13 +170,13 @@ class _LogCapture:
         return errs[-1] if errs else ""
 
     def __enter__(self):
+        callback, user_data = self._previous
+        self.lib.llama_log_get(ctypes.byref(callback), ctypes.byref(user_data))
         self.lib.llama_log_set(self._cb, ctypes.c_void_p(0))
         return self
 
     def __exit__(self, *exc):
-        import llama_cpp._logger as lcpp_logger  # noqa: PLC0415  (llama-cpp-python's own callback)
-
-        self.lib.llama_log_set(lcpp_logger.llama_log_callback, ctypes.c_void_p(0))
+        self.lib.llama_log_set(*self._previous)
         if self.bar is not None:
             self.bar.update(self.bar.total - self.bar.n)
             self.bar.close()
