@@ -12,6 +12,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+# Helper modules of the tests (amb_state.py) are imported by name: pytest runs in importlib mode.
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
 @pytest.fixture(scope="session")
 def default_model_path() -> Path:
     from pace_gguf import registry

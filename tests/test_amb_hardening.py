@@ -15,14 +15,14 @@ import pytest
 from pace_gguf import PaceError, _native, amb
 from pace_gguf.amb import PaceConfigError
 
+from amb_state import HEADER_INTS, ST_FLAGS, ST_N_PENDING, AmbSection  # tests/amb_state.py
+
 pytestmark = pytest.mark.slow  # real model
 
 LAYERS = (12, 26)
 TEXT = ("The keeper of the lighthouse wrote every ship into a log: its name, its flag, the hour it "
         "passed and the weather. Over forty years the log grew to thirty volumes, and when the light "
         "was automated the volumes went to the town museum, where visitors still read them aloud.")
-HEADER_INTS = 8  # GGML_AMB_STATE_HEADER
-ST_N_PENDING, ST_FLAGS = 0, 4
 
 
 @pytest.fixture(scope="module")
@@ -39,35 +39,6 @@ def make_llm(default_model_path):
 @pytest.fixture(scope="module")
 def tokens(make_llm):
     return make_llm().tokenize(TEXT.encode(), add_bos=False)
-
-
-class AmbSection:
-    """The AMB section at the end of a saved state (layout of cpp/src/pace-amb-memory.cpp, version 2)."""
-
-    def __init__(self, state: bytes):
-        self.start = state.rfind(struct.pack("<II", 0x424D4150, 2))
-        assert self.start > 0, "no AMB section"
-        n_layers, self.n_seq, self.M, self.n_pos = struct.unpack_from("<IIiI", state, self.start + 8)
-        pos = self.start + 24
-        self.layers = []
-        for _ in range(n_layers):
-            il, n_ff = struct.unpack_from("<iq", state, pos)
-            self.layers.append((il, n_ff))
-            pos += 12
-        self.data = pos
-        self.per_seq = [(2 * self.M * n_ff + 3 * self.M + HEADER_INTS + self.n_pos) * 4 for _, n_ff in self.layers]
-        end = self.data + self.n_seq * sum(self.per_seq) + 8 * self.n_seq
-        assert end == len(state), "the AMB section must end the state"
-
-    def offset(self, layer: int, part: str, index: int = 0) -> int:
-        """Byte offset of meta/state entry `index` of sequence 0 in AMB layer number `layer`."""
-        base = self.data + sum(self.per_seq[:layer]) * self.n_seq
-        n_ff = self.layers[layer][1]
-        meta = base + 2 * self.M * n_ff * 4
-        return {"key": base, "meta": meta, "state": meta + 3 * self.M * 4}[part] + 4 * index
-
-    def positions(self) -> int:
-        return self.data + self.n_seq * sum(self.per_seq)
 
 
 def edited(state: bytes, offset: int, fmt: str, value) -> bytes:

@@ -28,9 +28,9 @@ hypothesis = pytest.importorskip("hypothesis")
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
+from amb_state import AmbSection  # noqa: E402  (tests/amb_state.py)
 from pace_fuzz import CORPUS, count, fuzz_examples, record  # noqa: E402  (tests/fuzz/pace_fuzz.py)
 
-HEADER_INTS = 8  # GGML_AMB_STATE_HEADER
 M, CHUNK, N_CTX = 8, 4, 64
 LAYERS = (0, 1)
 TEXT = b"The keeper of the lighthouse wrote every ship into a log: its name, its flag and the hour."
@@ -47,50 +47,6 @@ FLOATS = [math.nan, -math.nan, math.inf, -math.inf, 0.0, -0.0, 1.0, -1.0, 2.0, 0
           1e30, 3.4028234663852886e38, -3.4028234663852886e38, 1e38]
 SETTINGS = settings(max_examples=fuzz_examples(), deadline=None, database=None,
                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
-
-
-# ---- the AMB section ------------------------------------------------------------------------------
-
-class Section:
-    """Layout of the AMB section that ends a state (version 2, see pace-amb-memory.cpp)."""
-
-    def __init__(self, state: bytes):
-        self.start = state.rfind(struct.pack("<II", 0x424D4150, 2))
-        assert self.start > 0, "no AMB section"
-        n_layers, self.n_seq, self.M, self.n_pos = struct.unpack_from("<IIiI", state, self.start + 8)
-        pos = self.start + 24
-        self.layers = []
-        for _ in range(n_layers):
-            self.layers.append(struct.unpack_from("<iq", state, pos))
-            pos += 12
-        self.data = pos
-        self.per_seq = [(2 * self.M * n_ff + 3 * self.M + HEADER_INTS + self.n_pos) * 4 for _, n_ff in self.layers]
-        self.end = self.data + self.n_seq * sum(self.per_seq) + 8 * self.n_seq
-        assert self.end == len(state), "the AMB section must end the state"
-
-    def block(self, layer: int, seq: int) -> int:
-        return self.data + sum(self.per_seq[:layer]) * self.n_seq + self.per_seq[layer] * seq
-
-    def fields(self):
-        """(name, kind, offset, count): every field of the section; kind is a struct format."""
-        out = [("magic", "<I", 0, 1), ("version", "<I", 4, 1), ("n_layers", "<I", 8, 1), ("n_seq", "<I", 12, 1),
-               ("M", "<i", 16, 1), ("n_pos", "<I", 20, 1)]
-        for i in range(len(self.layers)):
-            out += [(f"il{i}", "<i", 24 + 12 * i, 1), (f"n_ff{i}", "<q", 28 + 12 * i, 1)]
-        for i, (_, n_ff) in enumerate(self.layers):
-            for s in range(self.n_seq):
-                b = self.block(i, s) - self.start
-                meta = b + 2 * self.M * n_ff * 4
-                state = meta + 3 * self.M * 4
-                out += [(f"keys{i}.{s}", "<f", b, self.M * n_ff), (f"values{i}.{s}", "<f", b + self.M * n_ff * 4, self.M * n_ff),
-                        (f"usage{i}.{s}", "<f", meta, self.M), (f"valid{i}.{s}", "<f", meta + 4 * self.M, self.M),
-                        (f"knorm{i}.{s}", "<f", meta + 8 * self.M, self.M),
-                        (f"header{i}.{s}", "<i", state, HEADER_INTS),
-                        (f"cases{i}.{s}", "<i", state + 4 * HEADER_INTS, self.n_pos)]
-        pos = self.data + self.n_seq * sum(self.per_seq) - self.start
-        for s in range(self.n_seq):
-            out += [(f"pos_min{s}", "<i", pos + 8 * s, 1), (f"pos_max{s}", "<i", pos + 8 * s + 4, 1)]
-        return out
 
 
 # ---- cases ----------------------------------------------------------------------------------------
@@ -111,7 +67,7 @@ class StateCase:
     expect: str = ""          # corpus seeds: "loaded" or "refused" (empty: either)
 
     def apply(self, state: bytes) -> bytes:
-        start = Section(state).start
+        start = AmbSection(state).start
         out = bytearray(state)
         for offset, data in self.edits:
             raw = bytes.fromhex(data)
@@ -204,7 +160,7 @@ class WholeState:
         self.llm.eval(self.tokens[:24])
         assert all(s.slots_used > 0 for s in self.llm.memory_stats().values())
         self.base = self.llm.save_state()
-        self.section = Section(self.base.llama_state)
+        self.section = AmbSection(self.base.llama_state)
 
     def run(self, case: StateCase, target: str = "corpus") -> None:
         from pace_gguf import PaceError
@@ -268,7 +224,7 @@ class SeqState:
         self.feed(0)
         self.base = {s: self.get(s) for s in self.SEQS}
         self.base.update({s: self.get(s) for s in self.targets if s not in self.SEQS})
-        self.sections = {s: Section(self.base[s]) for s in self.SEQS}
+        self.sections = {s: AmbSection(self.base[s]) for s in self.SEQS}
 
     def feed(self, start: int, n: int = 12, seqs=SEQS) -> None:
         items = [(s, start + p, t) for s in seqs for p, t in enumerate(self.tokens[start:start + n])]
