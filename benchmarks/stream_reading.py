@@ -19,7 +19,7 @@ import random
 import statistics
 from pathlib import Path
 
-from pace_gguf import Llama
+from pace_gguf import Llama, _native
 from pace_gguf.registry import DEFAULT_MODEL, pull
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stream_reading.json"
@@ -76,7 +76,8 @@ def main() -> int:
               f"{r['evictions']:>9} {r['tokens_per_second']:>8.1f} {r['relative_to_direct_amb_off']:>6.3f} "
               f"({lo:.2f}-{hi:.2f})")
     meta = {"model": DEFAULT_MODEL, "threads": args.threads, "reps": args.reps, "machine": platform.processor()
-            or platform.machine(), "direct_amb_off_tokens_per_second": base, "amb_layers": list(AMB_LAYERS)}
+            or platform.machine(), "build": _native.build_id(), "cpu_features": _native.system_info(),
+            "direct_amb_off_tokens_per_second": base, "amb_layers": list(AMB_LAYERS)}
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
     return 0

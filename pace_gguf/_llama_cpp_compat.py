@@ -1,7 +1,7 @@
 """What pace-gguf relies on in llama-cpp-python beyond its documented API, in one place.
 
 pace_gguf.Llama subclasses llama_cpp.Llama and hands its native pointers to pace-gguf's C API, so
-it depends on a few internals of the pinned llama-cpp-python (pyproject.toml: ==0.3.36): the
+it depends on a few internals of the llama-cpp-python version pyproject.toml pins: the
 attributes listed in LLAMA_ATTRIBUTES and MODULE_ATTRIBUTES, and the wording of one error.
 Everything pace-gguf touches of them goes through the functions here; tests/test_llama_cpp_compat.py
 checks that the installed llama-cpp-python is the pinned one and still has each of them, so an
@@ -29,14 +29,11 @@ LLAMA_ATTRIBUTES = (
     "n_tokens",
     "_requires_eval",  # False: the logits of the last held token are live
 )
-# Attributes of the llama_cpp package used below or by pace_gguf._native.
+# Attributes of the llama_cpp package used below and by pace_gguf._native.
 MODULE_ATTRIBUTES = (
     "__version__",
     "Llama",
     "llama_cpp._lib",  # the loaded libllama (ctypes.CDLL)
-    "llama_log_callback",
-    "llama_log_get",
-    "llama_log_set",
     "llama_backend_init",
     "llama_print_system_info",
 )
