@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .. import _llama_cpp_compat as compat
+
 _SLOT = "\x00PACE-DOCUMENT\x00"
 
 LENGTHS = {"short": (3, 160), "medium": (6, 320), "long": (12, 640)}  # name -> (sentences, max tokens)
@@ -71,8 +73,8 @@ class PromptBuilder:
         self._llm = llm
         self._system = system
         template = llm.metadata.get("tokenizer.chat_template")
-        eos = llm._model.token_get_text(llm.token_eos()) if llm.token_eos() != -1 else ""
-        bos = llm._model.token_get_text(llm.token_bos()) if llm.token_bos() != -1 else ""
+        eos = compat.token_text(llm, llm.token_eos()) if llm.token_eos() != -1 else ""
+        bos = compat.token_text(llm, llm.token_bos()) if llm.token_bos() != -1 else ""
         self._formatter = Jinja2ChatFormatter(template=template, eos_token=eos, bos_token=bos) if template else None
         self._eos = eos
 

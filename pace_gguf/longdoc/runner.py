@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Callable, Iterator
 
+from .. import _llama_cpp_compat as compat
 from .prompts import Prompt
 from .result import ChunkResult, Progress, ReadResult
 
@@ -50,7 +51,7 @@ class Runner:
         n_prompt = self.llm.n_tokens
         t0 = time.perf_counter()
         chunks = self.llm.create_completion(
-            prompt=self.llm.input_ids[:n_prompt].tolist(), max_tokens=max_tokens, stop=list(stop), stream=True,
+            prompt=compat.held_tokens(self.llm), max_tokens=max_tokens, stop=list(stop), stream=True,
             **self.sampling)
         finish = ""
         for chunk in chunks:
