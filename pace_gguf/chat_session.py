@@ -17,6 +17,7 @@ import json
 import os
 from pathlib import Path
 
+from . import _llama_cpp_compat as compat
 from . import _native, amb
 from .atomic_files import publish, temp_paths
 from .errors import PaceError
@@ -35,12 +36,13 @@ def save_session(llm, path: Path, messages: list[dict]) -> str:
         raise PaceError(f"{path}: is a folder; give a file name, such as {path / 'chat.session'}")
     if not path.parent.is_dir():
         raise PaceError(f"{path}: its folder does not exist")
-    tokens = llm.input_ids[:llm.n_tokens].tolist()
+    tokens = compat.held_tokens(llm)
     try:
         with temp_paths(path, 2) as (state_tmp, sidecar_tmp):
             with deferred():  # llama.cpp logs through a Python callback (see interrupts)
-                saved = _native_api().llama_state_save_file(
-                    llm._ctx.ctx, os.fsencode(state_tmp), (_native_api().llama_token * len(tokens))(*tokens), len(tokens))
+                api = _native_api()
+                saved = api.llama_state_save_file(compat.context_pointer(llm), os.fsencode(state_tmp),
+                                                  (api.llama_token * len(tokens))(*tokens), len(tokens))
             if not saved:
                 raise PaceError(f"{path}: llama.cpp could not write the session (disk full?)")
             session = {"format": SESSION_FORMAT, "version": SESSION_VERSION, "identity": _session_identity(llm),
@@ -132,17 +134,14 @@ def _load_context(llm, path: Path) -> None:
     tokens, count = (api.llama_token * capacity)(), ctypes.c_size_t(0)
     error_before = amb.last_error()
     with deferred():
-        loaded = api.llama_state_load_file(llm._ctx.ctx, os.fsencode(path), tokens, capacity, ctypes.byref(count))
+        loaded = api.llama_state_load_file(compat.context_pointer(llm), os.fsencode(path), tokens, capacity, ctypes.byref(count))
     if not loaded:
         # llama.cpp may have read part of the state before it failed: empty the context (KV cache
         # and AMB banks); the next answer evaluates the conversation again.
-        llm._ctx.kv_cache_clear()
-        llm.n_tokens = 0
+        compat.clear_context(llm)
         reason = amb.last_error() if amb.last_error() != error_before else "it does not match this context"
         raise PaceError(f"{path}: llama.cpp could not load it ({reason}); the conversation is kept, its context will be recomputed")
-    llm.input_ids[:count.value] = tokens[:count.value]
-    llm.n_tokens = count.value
-    llm._requires_eval = True  # the logits of the last token are not part of the session
+    compat.set_held_tokens(llm, tokens[:count.value])  # without logits: they are not part of the session
 
 
 def _native_api():

@@ -28,12 +28,11 @@ import dataclasses
 import os
 import re
 import warnings
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import amb, gguf_file
-from ._native import llama_cpp_module
+from . import _bindings, amb, gguf_file
+from ._native import compiled_backends, llama_cpp_module
 from .amb import PaceConfig, PaceMetadataWarning
 from .errors import ModelFileError
 from .interrupts import deferred
@@ -49,7 +48,9 @@ KV_PAD = 256
 N_BATCH = 512
 F16, F32 = 2, 4
 TENSOR_ALIGNMENT = 32  # ggml-impl.h: every tensor in a CPU buffer starts at a multiple of this
-AMB_STATE_HEADER = 8  # GGML_AMB_STATE_HEADER (cpp/patches/0002-ggml-op-amb.patch)
+# GGML_AMB_STATE_HEADER (defined in cpp/patches/0002-ggml-op-amb.patch, the layout in
+# cpp/src/pace-amb-layout.h): ints before each sequence's case log; no binding exposes it
+AMB_STATE_HEADER = 8
 
 # Resident memory of a Python process that has imported pace_gguf.Llama and loaded the native
 # libraries, before any model: VmRSS after `from pace_gguf import Llama, _native;
@@ -99,59 +100,48 @@ class ModelShape:
 
 
 class _Header:
-    """Typed reads of one GGUF header through ggml's GGUF API (the reader llama.cpp uses)."""
+    """Typed reads of one GGUF header (a gguf_file.gguf_header context) through ggml's GGUF API."""
 
-    def __init__(self, lib, ctx):
-        self.lib, self.ctx = lib, ctx
+    def __init__(self, ctx):
+        self.c, self.ctx = _bindings.api(), ctx
 
     def key(self, name: str) -> int:
-        return self.lib.gguf_find_key(self.ctx, name.encode())
+        return self.c.gguf_find_key(self.ctx, name.encode())
 
     def ints(self, name: str) -> list[int] | None:
         """An integer key, or an integer array (per-layer values), as a list; None when absent."""
         key = self.key(name)
         if key < 0:
             return None
-        kind = self.lib.gguf_get_kv_type(self.ctx, key)
+        kind = self.c.gguf_get_kv_type(self.ctx, key)
         if kind == _GGUF_ARRAY:
-            ctype = gguf_file._INT_TYPES.get(self.lib.gguf_get_arr_type(self.ctx, key))
+            ctype = gguf_file._INT_TYPES.get(self.c.gguf_get_arr_type(self.ctx, key))
             if ctype is None:
                 return None
-            n = self.lib.gguf_get_arr_n(self.ctx, key)
-            return list((ctype * n).from_address(self.lib.gguf_get_arr_data(self.ctx, key)))
+            n = self.c.gguf_get_arr_n(self.ctx, key)
+            return list((ctype * n).from_address(self.c.gguf_get_arr_data(self.ctx, key)))
         ctype = gguf_file._INT_TYPES.get(kind)
-        return None if ctype is None else [ctype.from_address(self.lib.gguf_get_val_data(self.ctx, key)).value]
+        return None if ctype is None else [ctype.from_address(self.c.gguf_get_val_data(self.ctx, key)).value]
 
     def array_length(self, name: str) -> int | None:
         key = self.key(name)
-        if key < 0 or self.lib.gguf_get_kv_type(self.ctx, key) != _GGUF_ARRAY:
+        if key < 0 or self.c.gguf_get_kv_type(self.ctx, key) != _GGUF_ARRAY:
             return None
-        return self.lib.gguf_get_arr_n(self.ctx, key)
+        return self.c.gguf_get_arr_n(self.ctx, key)
 
     def keys(self):
-        for i in range(self.lib.gguf_get_n_kv(self.ctx)):
-            yield self.lib.gguf_get_key(self.ctx, i)
+        for i in range(self.c.gguf_get_n_kv(self.ctx)):
+            yield self.c.gguf_get_key(self.ctx, i)
 
     def tensors(self):
         """(name, bytes) of every tensor."""
-        for i in range(self.lib.gguf_get_n_tensors(self.ctx)):
-            name = self.lib.gguf_get_tensor_name(self.ctx, i).decode(errors="replace")
-            yield name, self.lib.gguf_get_tensor_size(self.ctx, i)
+        for i in range(self.c.gguf_get_n_tensors(self.ctx)):
+            name = self.c.gguf_get_tensor_name(self.ctx, i).decode(errors="replace")
+            yield name, self.c.gguf_get_tensor_size(self.ctx, i)
 
-
-def _header_api() -> ctypes.CDLL:
-    lib = gguf_file._gguf_api()
-    for name, restype, argtypes in [
-        ("gguf_get_arr_n", ctypes.c_size_t, [ctypes.c_void_p, ctypes.c_int64]),
-        ("gguf_get_arr_type", ctypes.c_int, [ctypes.c_void_p, ctypes.c_int64]),
-        ("gguf_get_arr_data", ctypes.c_void_p, [ctypes.c_void_p, ctypes.c_int64]),
-        ("gguf_get_tensor_name", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
-        ("gguf_get_n_kv", ctypes.c_int64, [ctypes.c_void_p]),
-        ("gguf_get_key", ctypes.c_char_p, [ctypes.c_void_p, ctypes.c_int64]),
-    ]:
-        fn = getattr(lib, name)
-        fn.restype, fn.argtypes = restype, argtypes
-    return lib
+    @property
+    def data_offset(self) -> int:
+        return self.c.gguf_get_data_offset(self.ctx)
 
 
 def _per_layer(values: list[int] | None, n_layer: int, default: list[int] | None, what: str, path: Path) -> list[int]:
@@ -174,17 +164,11 @@ def read_shape(path: str | Path) -> ModelShape:
     path, arch = summary.path, summary.architecture
     if arch is None:
         raise ModelFileError(f"{path} is not a model llama.cpp can run: its header has no general.architecture")
-    lib = _header_api()
-    ctx = gguf_file._parse_header(lib, path)
-    if not ctx:
-        raise ModelFileError(f"{path} is not a valid GGUF file: its header is truncated or corrupt")
-    try:
-        return _shape(_Header(lib, ctx), arch, path, lib.gguf_get_data_offset(ctx))
-    finally:
-        lib.gguf_free(ctx)
+    with gguf_file.gguf_header(path) as ctx:
+        return _shape(_Header(ctx), arch, path)
 
 
-def _shape(h: _Header, arch: str, path: Path, data_offset: int) -> ModelShape:
+def _shape(h: _Header, arch: str, path: Path) -> ModelShape:
     def one(name: str, default: int | None = None) -> int:
         key = f"{arch}.{name}"
         return _per_layer(h.ints(key), 1, None if default is None else [default], key, path)[0]
@@ -217,7 +201,7 @@ def _shape(h: _Header, arch: str, path: Path, data_offset: int) -> ModelShape:
         head_dim_k=one("attention.key_length", head_dim),
         head_dim_v=one("attention.value_length", head_dim),
         n_ff=_per_layer(h.ints(f"{arch}.feed_forward_length"), n_layer, [0] * n_layer, "feed_forward_length", path),
-        header_bytes=data_offset,
+        header_bytes=h.data_offset,
         layer_weights=layers,
         input_weights=inputs,
         output_weights=outputs,
@@ -229,19 +213,6 @@ def _shape(h: _Header, arch: str, path: Path, data_offset: int) -> ModelShape:
 # --- the AMB settings ---------------------------------------------------------------------------------
 
 
-@contextmanager
-def _llama_log_silenced(lib):
-    old_cb, old_ud = ctypes.c_void_p(), ctypes.c_void_p()
-    lib.llama_log_get.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]
-    lib.llama_log_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.llama_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
-    lib.llama_log_set(ctypes.cast(gguf_file._SILENT, ctypes.c_void_p), None)
-    try:
-        yield
-    finally:
-        lib.llama_log_set(old_cb, old_ud)
-
-
 def _model_amb_config(path: Path, needed: bool) -> PaceConfig:
     """The model's pace.amb.* settings, read by the C library's own rules (amb.model_config). The
     model is opened with llama.cpp's metadata-only load (no_alloc, the load its memory-fit pass
@@ -251,7 +222,7 @@ def _model_amb_config(path: Path, needed: bool) -> PaceConfig:
     params = lcpp.llama_model_default_params()
     params.no_alloc = True
     params.load_mode = 0  # LLAMA_LOAD_MODE_NONE: a metadata-only load cannot map the file
-    with _llama_log_silenced(lcpp.llama_cpp._lib), deferred():
+    with _bindings.native_log_silenced(), deferred():
         model = lcpp.llama_model_load_from_file(os.fsencode(path), params)
     if not model:
         raise ModelFileError(f"llama.cpp cannot read the model in {path} "
@@ -438,20 +409,15 @@ _GPU_DEVICE_TYPES = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU
 def gpu_devices() -> list[Device]:
     """GPU devices of the loaded ggml build, with their free and total memory (ggml backend device
     API, as llama.cpp queries them); empty on a CPU-only build."""
-    from ._native import compiled_backends  # noqa: PLC0415
-
-    compiled_backends()  # initializes the backends and binds the device functions
-    lib = llama_cpp_module().llama_cpp._lib
-    lib.ggml_backend_dev_type.restype, lib.ggml_backend_dev_type.argtypes = ctypes.c_int, [ctypes.c_void_p]
-    size_p = ctypes.POINTER(ctypes.c_size_t)
-    lib.ggml_backend_dev_memory.argtypes = [ctypes.c_void_p, size_p, size_p]
+    compiled_backends()  # initializes the backends
+    c = _bindings.api()
     devices = []
-    for i in range(lib.ggml_backend_dev_count()):
-        dev = lib.ggml_backend_dev_get(i)
-        if lib.ggml_backend_dev_type(dev) in _GPU_DEVICE_TYPES:
+    for i in range(c.ggml_backend_dev_count()):
+        dev = c.ggml_backend_dev_get(i)
+        if c.ggml_backend_dev_type(dev) in _GPU_DEVICE_TYPES:
             free, total = ctypes.c_size_t(), ctypes.c_size_t()
-            lib.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            devices.append(Device(lib.ggml_backend_dev_name(dev).decode(), free.value, total.value))
+            c.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+            devices.append(Device(c.ggml_backend_dev_name(dev).decode(), free.value, total.value))
     return devices
 
 

@@ -30,11 +30,6 @@ class GGUFSummary:
     architecture: str | None
 
 
-# (estimate.py reads headers with these until it switches to gguf_header and _bindings)
-_SILENT = _bindings._SILENT
-_gguf_api = _bindings.api
-
-
 def _read_magic(path: Path) -> bytes:
     """Return the first 4 bytes, turning every file-system problem into a ModelFileError."""
     if not path.exists():
@@ -50,19 +45,14 @@ def _read_magic(path: Path) -> bytes:
         raise ModelFileError(f"cannot read {path}: {exc.strerror or exc}") from exc
 
 
-def _parse_header(lib: SimpleNamespace, path: Path) -> int:
-    """ggml's GGUF context for the file's header (no tensor data read; 0 if it cannot be parsed).
-    ggml logs why a file is not valid GGUF: silenced, as pace-gguf says it in its own words."""
-    with _bindings.native_log_silenced():
-        return lib.gguf_init_from_file(os.fsencode(path), _bindings.GGUFInitParams(True, None))
-
-
 @contextmanager
 def gguf_header(path: Path):
-    """ggml's GGUF context of the file's header, read with _bindings.api()'s gguf_* functions and
-    freed after the block; ModelFileError if ggml cannot parse it."""
+    """ggml's GGUF context of the file's header (no tensor data read), read with _bindings.api()'s
+    gguf_* functions and freed after the block; ModelFileError if ggml cannot parse it."""
     lib = _bindings.api()
-    ctx = _parse_header(lib, path)
+    # ggml logs why a file is not valid GGUF: silenced, as pace-gguf says it in its own words
+    with _bindings.native_log_silenced():
+        ctx = lib.gguf_init_from_file(os.fsencode(path), _bindings.GGUFInitParams(True, None))
     if not ctx:
         raise ModelFileError(f"{path} is not a valid GGUF file: its header is truncated or corrupt")
     try:

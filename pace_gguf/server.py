@@ -29,6 +29,7 @@ import socket
 from functools import partial
 from unittest import mock
 
+from . import _llama_cpp_compat as compat
 from . import amb
 from ._native import llama_cpp_module
 from .amb import PaceConfig, PaceConfigError
@@ -176,7 +177,7 @@ def create_app(llm, model_name: str):
     # the narrowest hook: create_app calls `LlamaProxy(models=...)` by this module-global name
     with mock.patch.object(server_app, "LlamaProxy", partial(_PaceLlamaProxy, llm=llm)):
         app = server_app.create_app(server_settings=server_settings, model_settings=model_settings)
-    n_layer = _llama_cpp.llama_model_n_layer(llm._model.model)
+    n_layer = _llama_cpp.llama_model_n_layer(compat.model_pointer(llm))
     app.add_middleware(PaceFieldMiddleware, resolve=partial(request_config, llm.pace, n_layer=n_layer))
     return app
 

@@ -80,20 +80,21 @@ def test_amb_bytes_equal_what_the_c_library_allocates(default_model_path, shape,
 
 
 @contextmanager
-def _llama_log_captured(lib):
-    """llama.cpp's log lines, collected while the block runs (the previous callback restored after)."""
+def _llama_log_captured():
+    """llama.cpp's log lines, collected while the block runs (the previous callback restored after),
+    through pace-gguf's own declarations of llama_log_get/set (llama-cpp-python's stay as they are)."""
+    from pace_gguf import _bindings
+
+    c = _bindings.api()
     lines = []
-    callback = ctypes.CFUNCTYPE(None, ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p)(
-        lambda level, text, user_data: lines.append(text.decode(errors="replace")))
+    callback = _bindings.LOG_CALLBACK(lambda level, text, user_data: lines.append(text.decode(errors="replace")))
     old_cb, old_ud = ctypes.c_void_p(), ctypes.c_void_p()
-    lib.llama_log_get.argtypes = [ctypes.POINTER(ctypes.c_void_p), ctypes.POINTER(ctypes.c_void_p)]
-    lib.llama_log_set.argtypes = [ctypes.c_void_p, ctypes.c_void_p]
-    lib.llama_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
-    lib.llama_log_set(ctypes.cast(callback, ctypes.c_void_p), None)
+    c.llama_log_get(ctypes.byref(old_cb), ctypes.byref(old_ud))
+    c.llama_log_set(ctypes.cast(callback, ctypes.c_void_p), None)
     try:
         yield lines
     finally:
-        lib.llama_log_set(old_cb, old_ud)
+        c.llama_log_set(old_cb, old_ud)
 
 
 @pytest.mark.slow
@@ -106,7 +107,7 @@ def test_graph_formula_matches_llama_cpps_reserve(default_model_path, shape):
     lc = lcpp.llama_cpp
     params = lc.llama_model_default_params()
     params.no_alloc, params.load_mode = True, 0
-    with _llama_log_captured(lc._lib):
+    with _llama_log_captured():
         model = lc.llama_model_load_from_file(str(default_model_path).encode(), params)
     assert model
     try:
@@ -115,7 +116,7 @@ def test_graph_formula_matches_llama_cpps_reserve(default_model_path, shape):
             cparams = lc.llama_context_default_params()
             cparams.n_ctx, cparams.n_batch, cparams.n_ubatch, cparams.n_outputs_max = n_ctx, 512, n_ubatch, n_outputs
             cparams.flash_attn_type = lc.LLAMA_FLASH_ATTN_TYPE_DISABLED  # as llama-cpp-python's Llama
-            with _llama_log_captured(lc._lib) as lines:
+            with _llama_log_captured() as lines:
                 ctx = lc.llama_init_from_model(model, cparams)
             assert ctx
             lc.llama_free(ctx)
@@ -316,3 +317,24 @@ def test_report_with_offloaded_layers_and_the_verdicts(default_model_path):
     assert not short_of_ram.fits and est.verdict(short_of_ram).startswith("does not fit")
     unknown = dataclasses.replace(cpu, ram_available=None)
     assert unknown.fits and est.verdict(unknown).startswith("cannot tell whether it fits")
+
+
+@pytest.mark.slow
+def test_estimate_leaves_llama_cpp_pythons_log_functions_alone(default_model_path, tmp_path):
+    """An estimate that reads the model's pace.amb.* keys (a metadata-only load, log silenced) must
+    leave llama-cpp-python's declarations of llama_log_get/set as they were: the quantizer's log
+    capture, which passes them llama-cpp-python's callback type, then still works in this process."""
+    from pace_gguf._native import llama_cpp_module
+    from pace_gguf.convert.quantize import _LogCapture
+
+    path = _with_pace_keys(default_model_path, tmp_path / "amb.gguf", enabled=(T.BOOL, True),
+                           layers=(T.ARRAY, [3], "", T.INT32))
+    assert est.estimate(path, 512).amb.layers == (3,)
+    lc = llama_cpp_module().llama_cpp
+    params = lc.llama_model_default_params()
+    params.no_alloc, params.load_mode = True, 0
+    with _LogCapture(lc, show_progress=False) as log:  # ctypes.ArgumentError with a clobbered declaration
+        model = lc.llama_model_load_from_file(str(default_model_path).encode(), params)
+    assert model
+    lc.llama_model_free(model)
+    assert any(b"llama_model_loader" in line for line in log.lines)  # llama.cpp's log reached the capture

@@ -11,10 +11,16 @@ import sys
 from contextlib import contextmanager
 from pathlib import Path
 
-from pace_gguf.cli_args import layer_list, non_negative_int
+from pace_gguf.amb import AMB_SETTINGS, AmbSetting
+from pace_gguf.cli_args import amb_argument, non_negative_int
 
-_AMB_INT = ("bank_size", "topk", "negk", "store_topk", "chunk")
-_AMB_FLOAT = ("theta_high", "theta_low", "alpha", "w_high", "w_mid", "lambda", "momentum")
+# The AMB settings as convert's --amb-<key> options, grouped by kind (each group in AMB_SETTINGS'
+# order): the order of the options in --help and of the pace.amb.* keys convert writes.
+_KIND_ORDER = (tuple, bool, int, float, str)
+_AMB_OPTIONS = tuple(sorted(AMB_SETTINGS, key=lambda s: _KIND_ORDER.index(s.kind)))
+# convert leaves the ranges to the runtime's rules (pipeline.amb_metadata), whose one-line error
+# names the pace.amb key: its options only parse the numbers
+_PARSE_ONLY = {int: non_negative_int, float: float}
 
 
 def _add_ce_args(p: argparse.ArgumentParser, default_experts: int) -> None:
@@ -41,14 +47,9 @@ def register(sub) -> None:
     p.add_argument("--verbose", action="store_true", help="show the output of llama.cpp's converter")
     _add_ce_args(p, 64)
     g = p.add_argument_group("Activation Memory Bank defaults written as pace.amb.* (absent: AMB off)")
-    g.add_argument("--amb-layers", type=layer_list, default=None, help="0-based AMB layers, e.g. 12,26 (sets pace.amb.enabled=true)")
-    g.add_argument("--amb-enabled", action=argparse.BooleanOptionalAction, default=None, help="pace.amb.enabled")
-    for name in _AMB_INT:
-        g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=non_negative_int, default=None)
-    for name in _AMB_FLOAT:
-        g.add_argument(f"--amb-{name.replace('_', '-')}", dest=f"amb_{name}", type=float, default=None)
-    g.add_argument("--amb-mode", choices=("code", "paper"), default=None)
-    g.add_argument("--amb-granularity", choices=("ubatch", "prompt"), default=None)
+    for setting in _AMB_OPTIONS:
+        g.add_argument(f"--amb-{setting.key.replace('_', '-')}", dest=f"amb_{setting.key}", default=None,
+                       **_amb_option(setting))
     p.set_defaults(func=cmd_convert)
 
     p = sub.add_parser("reorder", help="apply CE to an existing F32/F16/BF16 GGUF",
@@ -62,9 +63,23 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_reorder)
 
 
+def _amb_option(setting: AmbSetting) -> dict:
+    """add_argument keywords of convert's option for one AMB setting (the run commands' ones, but
+    for the points above)."""
+    if setting.kind is bool:
+        return {"action": argparse.BooleanOptionalAction, "help": setting.gguf_key}
+    option = amb_argument(setting)
+    if setting.kind is tuple:
+        option["help"] = f"{setting.help} (sets pace.amb.enabled=true)"
+    if setting.kind in _PARSE_ONLY:
+        option["type"] = _PARSE_ONLY[setting.kind]
+    return option
+
+
 def _amb_settings(args) -> dict:
-    names = ("layers", "enabled") + _AMB_INT + _AMB_FLOAT + ("mode", "granularity")
-    return {n: getattr(args, f"amb_{n}") for n in names if getattr(args, f"amb_{n}") is not None}
+    """pace.amb.* key -> value of the --amb-* options given."""
+    given = {s.key: getattr(args, f"amb_{s.key}") for s in _AMB_OPTIONS}
+    return {key: value for key, value in given.items() if value is not None}
 
 
 def _print_summary(summary) -> None:

@@ -19,19 +19,16 @@ from pathlib import Path
 
 import numpy as np
 
+from pace_gguf.amb import AMB_SETTINGS
 from pace_gguf.atomic_files import publish, remove_stale_parts, temp_paths
 
 from .errors import ConvertError
 from .gguf_stream import ELEMENT_SIZE, read_gguf, type_name
 
-# pace.amb.* key -> GGUF value kind (what cpp/src/pace-amb.cpp reads)
-AMB_KEYS = {
-    "enabled": bool, "layers": list, "bank_size": int, "topk": int, "negk": int, "store_topk": int,
-    "chunk": int, "theta_high": float, "theta_low": float, "alpha": float, "w_high": float,
-    "w_mid": float, "lambda": float, "momentum": float, "mode": str, "granularity": str,
-}
-# pace.amb.* names that PaceConfig spells differently ("lambda" is a Python keyword)
-_CONFIG_FIELDS = {"lambda": "negative_weight"}
+# pace.amb.* key -> GGUF value kind (what cpp/src/pace-amb.cpp reads; layers: an array)
+AMB_KEYS = {s.key: (list if s.kind is tuple else s.kind) for s in AMB_SETTINGS}
+# pace.amb.* key -> PaceConfig field (they differ for "lambda", a Python keyword)
+_CONFIG_FIELDS = {s.key: s.name for s in AMB_SETTINGS}
 
 
 @dataclass
@@ -90,7 +87,7 @@ def _check_amb(amb: dict, n_layer: int | None) -> None:
 
     if n_layer is None:
         raise ConvertError("cannot check the --amb-* settings: the input does not say how many layers the model has")
-    changes = {_CONFIG_FIELDS.get(name, name): value for name, value in amb.items()}
+    changes = {_CONFIG_FIELDS[name]: value for name, value in amb.items()}
     try:
         validate_config(PaceConfig().with_changes(changes), n_layer)
     except PaceConfigError as exc:
