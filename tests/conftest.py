@@ -5,12 +5,19 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# A job started in the background (`cmd &`, nohup) inherits SIGINT ignored, and so would every CLI
+# process the tests start, since an ignored signal stays ignored across exec: the Ctrl-C tests would
+# then see it have no effect. A handler is reset to the default at exec, so children get Ctrl-C back.
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # Helper modules of the tests (amb_state.py) are imported by name: pytest runs in importlib mode.
 sys.path.insert(0, str(Path(__file__).resolve().parent))

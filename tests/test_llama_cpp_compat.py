@@ -63,14 +63,16 @@ def test_llama_cpp_python_words_a_context_overflow_as_expected(default_llm):
     assert not compat.is_overflow_error(ValueError("some other problem"))
 
 
-def test_loading_the_library_leaves_the_environment_as_it_was():
+def test_loading_the_library_leaves_the_environment_as_it_was(tmp_path):
     """LLAMA_CPP_LIB_PATH is set only while llama_cpp is imported; a user's value is restored, and
     MTMD_CPP_LIB (libmtmd, which pace-gguf does not build) is not touched."""
     code = ("import os; from pace_gguf import _native; _native.native_library(); "
             "print(os.environ.get('LLAMA_CPP_LIB_PATH'), os.environ.get('MTMD_CPP_LIB'))")
     env = {k: v for k, v in os.environ.items() if k not in ("LLAMA_CPP_LIB_PATH", "MTMD_CPP_LIB")}
-    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path (the source tree has no library)
+    unset = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True,
+                           cwd=tmp_path)
     assert unset.stdout.split() == ["None", "None"]
     users = subprocess.run([sys.executable, "-c", code], env=dict(env, LLAMA_CPP_LIB_PATH="/users/own"),
-                           capture_output=True, text=True, check=True)
+                           capture_output=True, text=True, check=True, cwd=tmp_path)
     assert users.stdout.split() == ["/users/own", "None"]

@@ -253,7 +253,8 @@ def test_two_models_is_one_error_line(run_cli, assert_one_line_error):
     assert_one_line_error(run_cli("serve", "a.gguf", "-m", "b.gguf"), "two models given")
 
 
-def test_missing_server_extra_is_one_error_line(assert_one_line_error):
+def test_missing_server_extra_is_one_error_line(assert_one_line_error, tmp_path):
     code = "import sys; sys.modules['uvicorn'] = None; from pace_gguf.cli import main; sys.exit(main(['serve']))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    # cwd outside the checkout: `python -c` puts the cwd first on sys.path (the source tree has no library)
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert_one_line_error(result, 'pip install "pace-gguf[server]"')
