@@ -40,10 +40,7 @@ def _units(text: str, budget: int, count: TokenCounter, level: int) -> list[str]
     parts = [p for p in _SPLITTERS[level].split(text) if p]
     if len(parts) == 1:
         return _units(text, budget, count, level + 1)
-    out: list[str] = []
-    for part in parts:
-        out.extend(_units(part, budget, count, level + 1) if count(part) > budget else [part])
-    return out
+    return [unit for part in parts for unit in _units(part, budget, count, level + 1)]
 
 
 def _cut_by_characters(text: str, budget: int, count: TokenCounter) -> list[str]:

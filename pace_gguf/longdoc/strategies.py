@@ -63,9 +63,7 @@ def make_task(name: str, question: str | None, *, length: str | int, style: str,
 
 
 def run(strategy: str, task: Task, text: str, builder: PromptBuilder, runner: Runner) -> Iterator[str]:
-    """Yield the final text's pieces; fill runner.result along the way."""
-    if strategy not in STRATEGIES:
-        raise PaceError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
+    """Yield the final text's pieces; fill runner.result along the way (`strategy` is checked by the caller)."""
     document = builder.document_tokens(text)
     result = runner.result
     result.document_tokens = len(document)
@@ -76,7 +74,7 @@ def run(strategy: str, task: Task, text: str, builder: PromptBuilder, runner: Ru
     result.strategy = strategy
     if strategy in ("direct", "error") and not fits:
         raise _overflow(task, direct, document, runner.llm.n_ctx(), strategy)
-    if strategy == "error" or strategy == "direct":
+    if strategy in ("direct", "error"):
         yield from runner.complete(direct, document, task.max_tokens, "read")
     elif strategy == "stream":
         yield from _stream(task, document, builder, runner)
@@ -121,7 +119,7 @@ def _map_reduce(task: Task, pieces: list[list[int]], builder: PromptBuilder, run
     if task.name == "ask":
         relevant = [p for p in partials if "nothing relevant" not in p.lower()]
         partials = relevant or partials
-    bullets = "".join(_note(i, p) for i, p in enumerate(partials))
+    bullets = "".join(map(_note, partials))
     if task.bullets and len(builder.document_tokens(bullets)) <= task.max_tokens:
         yield bullets.rstrip()  # one bullet per part already fits the length asked for: nothing to combine
         return
@@ -132,7 +130,7 @@ def _reduce(task: Task, partials: list[str], builder: PromptBuilder, runner: Run
     n_ctx = runner.llm.n_ctx()
     kind = "reduce"
     prompt = builder.build(task.name, kind, **task.fields())
-    notes = [builder.document_tokens(_note(i, p)) for i, p in enumerate(partials)]
+    notes = [builder.document_tokens(_note(p)) for p in partials]
     if prompt.overhead + sum(map(len, notes)) + task.max_tokens <= n_ctx:
         yield from runner.complete(prompt, [t for n in notes for t in n], task.max_tokens, f"reduce {level}", kind, 0)
         return
@@ -153,7 +151,7 @@ def _reduce(task: Task, partials: list[str], builder: PromptBuilder, runner: Run
     yield from _reduce(task, merged, builder, runner, level + 1)
 
 
-def _note(i: int, text: str) -> str:
+def _note(text: str) -> str:
     return f"- {' '.join(text.split())}\n"
 
 
