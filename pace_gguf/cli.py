@@ -21,6 +21,7 @@ from .cli_args import (add_amb_args, add_model_args, add_model_argument, load_ll
                        port_number, positive_int, probability, progress_line)
 from . import chat_session, cli_longdoc
 from .convert import cli as convert_cli
+from .eval import cli as eval_cli
 from .documents import read_path
 from .errors import ContextOverflowError, PaceError
 from .interrupts import Terminated, termination_raises
@@ -44,6 +45,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("cache", str(paths.cache_dir())),
         ("models", str(paths.models_dir())),
         ("default model", registry.DEFAULT_MODEL),
+        ("registry models", ", ".join(sorted(registry.MODELS))),
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
@@ -334,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_amb_args(p, stats=False)
     p.set_defaults(func=cmd_serve)
     cli_longdoc.register(sub)
+    eval_cli.register(sub)
     convert_cli.register(sub)
     return parser
 

@@ -129,8 +129,9 @@ def model_name(args: argparse.Namespace) -> str | None:
     return args.model or args.model_name
 
 
-def load_llama(args: argparse.Namespace, **kwargs):
-    """The model and context the model and AMB flags describe (kwargs: more Llama arguments)."""
+def load_llama(args: argparse.Namespace, pace: dict | None = None, **kwargs):
+    """The model and context the model and AMB flags describe (kwargs: more Llama arguments;
+    `pace`: AMB settings instead of the flags, for commands that have none)."""
     from . import Llama  # noqa: PLC0415 (loads llama.cpp: only when a command needs it)
 
     path = registry.resolve_model(args.model, progress=progress_line)
@@ -141,6 +142,6 @@ def load_llama(args: argparse.Namespace, **kwargs):
         n_gpu_layers=args.n_gpu_layers,
         seed=args.seed,
         verbose=args.verbose,
-        pace=pace_changes(args),
+        pace=pace_changes(args) if pace is None else pace,
         **kwargs,
     )

@@ -30,6 +30,22 @@ def default_model_path() -> Path:
 
 
 @pytest.fixture(scope="session")
+def gemma3_model_path() -> Path:
+    """A second architecture (gemma3: GeGLU, sliding-window attention, K-quants), 18 layers."""
+    from pace_gguf import registry
+
+    return registry.pull("gemma3-270m")
+
+
+@pytest.fixture(scope="session")
+def stock_lib_dir() -> str:
+    """Stock llama.cpp of the same pinned source (tests/stock_oracle.py), built once, then reused."""
+    from stock_oracle import build_stock_library
+
+    return build_stock_library()
+
+
+@pytest.fixture(scope="session")
 def default_llm(default_model_path):
     """One loaded default model for the whole session (loading costs ~1 s)."""
     from pace_gguf import Llama
