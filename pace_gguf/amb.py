@@ -211,6 +211,18 @@ def _check(status: int, what: str) -> int:
     return status
 
 
+def default_layers(n_layer: int) -> tuple[int, int]:
+    """Two AMB layers for a model of n_layer layers: the paper's 0-based layers 12 and 26 (of
+    Qwen2-7B's 28) as they are when the model has at least 27 layers, else at the same relative
+    depths (12/27 and 26/27 of the way through). What `--config on` of `pace-gguf eval` and the
+    benchmarks mean by "the default layers"; the paper itself tuned layers per task."""
+    if n_layer < 2:
+        raise PaceConfigError(f"a model needs at least 2 layers for the default AMB layers, it has {n_layer}")
+    if n_layer >= 27:
+        return (12, 26)
+    return (round(12 / 27 * (n_layer - 1)), round(26 / 27 * (n_layer - 1)))
+
+
 def default_config() -> PaceConfig:
     """The C library's defaults (llama_pace_amb_default_params), which PaceConfig() repeats."""
     return PaceConfig._from_c(_bindings.api().llama_pace_amb_default_params())
