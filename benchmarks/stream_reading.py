@@ -14,12 +14,12 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import random
 import statistics
 from pathlib import Path
 
-from pace_gguf import Llama, _native
+import report
+from pace_gguf import Llama, machine
 from pace_gguf.registry import DEFAULT_MODEL, pull
 
 RESULTS = Path(__file__).resolve().parent / "results" / "stream_reading.json"
@@ -75,9 +75,8 @@ def main() -> int:
         print(f"{r['strategy']:<8} {'on' if r['amb'] else 'off':<4} {r['n_ctx']:>6} {r['tokens_read']:>6} "
               f"{r['evictions']:>9} {r['tokens_per_second']:>8.1f} {r['relative_to_direct_amb_off']:>6.3f} "
               f"({lo:.2f}-{hi:.2f})")
-    meta = {"model": DEFAULT_MODEL, "threads": args.threads, "reps": args.reps, "machine": platform.processor()
-            or platform.machine(), "build": _native.build_id(), "cpu_features": _native.system_info(),
-            "direct_amb_off_tokens_per_second": base, "amb_layers": list(AMB_LAYERS)}
+    meta = {**machine.describe(), "model": DEFAULT_MODEL, "threads": args.threads, "reps": args.reps,
+            "direct_amb_off_tokens_per_second": base, "amb_layers": list(AMB_LAYERS), "command": report.command_line()}
     RESULTS.write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(f"wrote {RESULTS}")
     return 0

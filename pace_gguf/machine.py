@@ -36,3 +36,17 @@ def describe() -> dict:
         "python": sys.version.split()[0],
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
+
+
+def _features(system_info: str) -> str:
+    """The compiled-in CPU features, from llama.cpp's system info ("CPU : SSE3 = 1 | AVX2 = 1 | ...")."""
+    names = [item.split(":")[-1].split("=")[0].strip() for item in system_info.split("|") if item.strip().endswith("= 1")]
+    return " ".join(names) or system_info
+
+
+def summary_line(description: dict) -> str:
+    """describe()'s result as one line for a report."""
+    d = description
+    return (f"{d['cpu_model']}, {d['logical_cpus']} logical CPUs ({d['machine']}, {d['system']}); "
+            f"ggml CPU features: {_features(d['cpu_features'])}; build `{d['build_id']}`; "
+            f"pace-gguf {d['pace_gguf']}, llama-cpp-python {d['llama_cpp_python']}, Python {d['python']}; {d['date']}")

@@ -8,6 +8,7 @@ import json
 
 import pytest
 
+from pace_gguf import machine
 from pace_gguf.errors import PaceError
 from pace_gguf.eval import cases as eval_cases
 from pace_gguf.eval import report, scoring
@@ -192,7 +193,7 @@ def _synthetic_report(complete=True):
     configs = [parse_config("off"), parse_config("on")]
     outcomes = [_outcome(c.id, "off", c.where["length"] == 1024) for c in grid]
     outcomes += [_outcome(c.id, "on", True) for c in grid[:3]] + [_outcome(grid[3].id, "on", None)]
-    meta = {"title": "t", "command": "pace-gguf eval niah", "machine": {"cpu_model": "cpu", "logical_cpus": 2},
+    meta = {"title": "t", "command": "pace-gguf eval niah", "machine": machine.describe(),
             "model": {"name": "m.gguf", "architecture": "llama", "n_layer": 30, "n_ctx": 8192, "n_ctx_train": 8192},
             "settings": {}}
     return report.build("niah", meta, configs, grid, outcomes, complete)
@@ -278,3 +279,53 @@ def test_eval_cli_bad_input_is_one_line(run_cli, assert_one_line_error, tmp_path
     result = run_cli("eval", *args, "--out", str(tmp_path / "out"))
     assert_one_line_error(result, fragment)
     assert not (tmp_path / "out").exists()
+
+
+def test_eval_interrupted_keeps_what_finished(cli_command, tmp_path, long_document):
+    """Ctrl-C after the first run: exit 130, and results.json holds that run, marked incomplete."""
+    import signal
+    import subprocess
+
+    haystack = tmp_path / "haystack.txt"
+    haystack.write_text(long_document(1500, seed=7))
+    out = tmp_path / "out"
+    proc = subprocess.Popen([*cli_command, "eval", "niah", "--haystack", str(haystack), "--lengths", "300,600,900",
+                             "--depths", "0,50,100", "--config", "off", "--max-tokens", "8", "--n-ctx", "1024",
+                             "--threads", "2", "--out", str(out)], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            text=True)
+    try:
+        for line in proc.stderr:
+            if line.startswith("pace-gguf: run 1/9"):
+                break
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stderr.read()
+        assert proc.wait(timeout=120) == 130, rest
+    finally:
+        proc.kill()
+    built = json.loads((out / "results.json").read_text())
+    assert not built["complete"] and 1 <= len(built["outcomes"]) < 9
+    assert "Incomplete" in (out / "report.md").read_text()
+
+
+def test_publish_writes_results_md_from_reports(tmp_path, monkeypatch):
+    """benchmarks/publish.py: RESULTS.md from the reports present, the sweep's best chosen from its
+    AMB-on configurations, each --config given once."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("publish", Path(__file__).parents[1] / "benchmarks" / "publish.py")
+    publish = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(publish)
+    monkeypatch.setattr(publish, "ROOT", tmp_path)
+    monkeypatch.setattr(publish, "RESULTS", tmp_path / "results")
+    monkeypatch.setattr(publish, "EVAL", tmp_path / "results" / "eval")
+    built = _synthetic_report()
+    for step in ("sweep", "niah-smollm2"):
+        report.write(built, tmp_path / "results" / "eval" / step)
+    assert publish.best_of_sweep() == "on"
+    assert publish._dedupe_configs(["niah", "--config", "off", "--config", "on", "--config", "on", "--x"]) == [
+        "niah", "--config", "off", "--config", "on", "--x"]
+    text = publish.write_results_md().read_text()
+    assert "| sweep | m.gguf | `on` | 100.0% (3/3) | +33.3 pt | 1 / 0 | 1 |" in text
+    assert "`on` vs `off`: helped (1 gained, 0 lost of 3 paired cases" in text
+    assert "## Evaluation `niah-smollm2`" in text and "\n### t\n" in text  # the step's report, headings demoted

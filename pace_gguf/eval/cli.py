@@ -56,8 +56,8 @@ def _evaluate(args: argparse.Namespace, kind: str, make_cases, settings: dict) -
     outcomes: list[harness.Outcome] = []
     complete = False
     try:
-        harness.run(llm, cases, configs, args.max_tokens, show_progress=not args.no_progress and sys.stderr.isatty(),
-                    done=outcomes)
+        progress = "none" if args.no_progress else ("bar" if sys.stderr.isatty() else "lines")
+        harness.run(llm, cases, configs, args.max_tokens, progress, done=outcomes)
         complete = True
     finally:  # an interrupted run keeps what it finished, marked incomplete
         if outcomes:
@@ -86,7 +86,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="dev or test: alternate haystack files / documents, to tune on one and confirm on the other")
     p.add_argument("--max-tokens", type=positive_int, default=32, help="answer length in tokens (default 32)")
     p.add_argument("--out", type=Path, default=None, help="output folder (default pace-eval/<kind>-<time>)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar (on a terminal) or progress lines (otherwise) on stderr")
     p.add_argument("--command-line", default=None, help=argparse.SUPPRESS)  # what reports quote (publish script)
     add_model_args(p, n_ctx=0)
 

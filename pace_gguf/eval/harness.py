@@ -59,29 +59,30 @@ def run_case(llm, case: Case, config: EvalConfig, max_tokens: int) -> Outcome:
                    result.document_tokens, result.tokens_read, time.perf_counter() - start)
 
 
-def run(llm, cases: list[Case], configs: list[EvalConfig], max_tokens: int, show_progress: bool,
+def run(llm, cases: list[Case], configs: list[EvalConfig], max_tokens: int, progress: str = "bar",
         done: list[Outcome] | None = None) -> list[Outcome]:
-    """All outcomes, appended to `done` as they come (the caller keeps them if this is interrupted)."""
+    """All outcomes, appended to `done` as they come (the caller keeps them if this is interrupted).
+    progress: "bar" (tqdm, for a terminal), "lines" (a line per run, for a log file) or "none"."""
     outcomes = done if done is not None else []
     check_configs(llm, configs)
-    with _Progress(cases, configs, show_progress) as progress:
+    with _Progress(cases, configs, progress) as report:
         for case in cases:
             for config in configs:
-                progress.starting(case, config)
+                report.starting(case, config)
                 outcomes.append(run_case(llm, case, config, max_tokens))
-                progress.finished(case, outcomes[-1])
+                report.finished(case, outcomes[-1])
     return outcomes
 
 
 class _Progress:
     """tqdm over the grid, weighted by document size (a 28k-token case takes far longer than a 1k
-    one, so counting runs would give a useless ETA); nothing when disabled."""
+    one, so counting runs would give a useless ETA), or a line per finished run, or nothing."""
 
-    def __init__(self, cases: list[Case], configs: list[EvalConfig], enabled: bool):
+    def __init__(self, cases: list[Case], configs: list[EvalConfig], mode: str):
         self._bar = None
-        self._runs, self._done = len(cases) * len(configs), 0
-        self._correct = 0
-        if enabled:
+        self._lines = mode == "lines"
+        self._runs, self._done, self._correct = len(cases) * len(configs), 0, 0
+        if mode == "bar":
             from tqdm import tqdm  # noqa: PLC0415
 
             self._bar = tqdm(total=sum(len(c.document) for c in cases) * len(configs), file=sys.stderr,
@@ -104,3 +105,7 @@ class _Progress:
         self._correct += bool(outcome.correct)
         if self._bar is not None:
             self._bar.update(len(case.document))
+        if self._lines:
+            verdict = "skipped" if outcome.correct is None else ("right" if outcome.correct else "wrong")
+            print(f"pace-gguf: run {self._done}/{self._runs} {case.id} [{outcome.config}]: {verdict}, "
+                  f"{outcome.tokens_read} tokens read in {outcome.seconds:.1f} s", file=sys.stderr, flush=True)

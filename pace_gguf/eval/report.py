@@ -9,6 +9,7 @@ import json
 import math
 from pathlib import Path
 
+from .. import machine
 from ..atomic_files import publish, temp_paths
 from .harness import Outcome
 
@@ -82,15 +83,11 @@ def markdown(report: dict) -> str:
     lines = [f"# {report['title']}", "", f"Command: `{report['command']}`", "",
              f"Model: {report['model']['name']} ({report['model']['architecture']}, {report['model']['n_layer']} layers, "
              f"trained context {report['model']['n_ctx_train']}, run with n_ctx {report['model']['n_ctx']}). "
-             f"Machine: {_machine_line(report['machine'])}.", ""]
+             f"Machine: {machine.summary_line(report['machine'])}.", ""]
     if not report["complete"]:
         lines += ["**Incomplete**: the run was stopped; the numbers cover the cases finished.", ""]
     lines += _summary_table(report) + [""] + _comparison_table(report)
     return "\n".join(lines) + "\n"
-
-
-def _machine_line(machine: dict) -> str:
-    return ", ".join(str(machine[k]) for k in ("cpu_model", "logical_cpus", "build_id") if machine.get(k))
 
 
 def _pct(value) -> str:
@@ -163,20 +160,22 @@ def heatmaps(report: dict) -> dict[str, bytes]:
     depths = sorted({w["depth"] for w in where.values()})
     images = {}
     for config in report["configs"]:
-        grid = [[math.nan] * len(lengths) for _ in depths]
-        for d, depth in enumerate(depths):
-            for l, length in enumerate(lengths):
-                hits = [o["correct"] for o in report["outcomes"] if o["config"] == config["name"]
-                        and o["correct"] is not None and where[o["case"]]["length"] == length
-                        and where[o["case"]]["depth"] == depth]
-                grid[d][l] = sum(hits) / len(hits) if hits else math.nan
-        fig, ax = plt.subplots(figsize=(1.2 + 0.9 * len(lengths), 1.2 + 0.5 * len(depths)), dpi=110)
+        counts = [[(0, 0)] * len(lengths) for _ in depths]  # (correct, scored) per cell
+        for o in report["outcomes"]:
+            if o["config"] == config["name"] and o["correct"] is not None:
+                d, l = depths.index(where[o["case"]]["depth"]), lengths.index(where[o["case"]]["length"])
+                counts[d][l] = (counts[d][l][0] + bool(o["correct"]), counts[d][l][1] + 1)
+        grid = [[k / n if n else math.nan for k, n in row] for row in counts]
+        fig, ax = plt.subplots(figsize=(max(4.8, 2.0 + 0.9 * len(lengths)), 1.4 + 0.45 * len(depths)), dpi=110)
         image = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        for d, row in enumerate(counts):
+            for l, (k, n) in enumerate(row):
+                ax.text(l, d, f"{k}/{n}" if n else "–", ha="center", va="center", fontsize=8)
         ax.set_xticks(range(len(lengths)), [f"{n:,}" for n in lengths])
         ax.set_yticks(range(len(depths)), [f"{d:g}%" for d in depths])
         ax.set_xlabel("document tokens")
         ax.set_ylabel("needle depth")
-        ax.set_title(f"{report['model']['name']}: {config['name']}", fontsize=9)
+        ax.set_title(f"{report['model']['name']}\n{config['name']}", fontsize=8)
         fig.colorbar(image, ax=ax, label="accuracy")
         fig.tight_layout()
         buffer = io.BytesIO()

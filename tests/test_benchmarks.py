@@ -1,0 +1,66 @@
+"""The benchmark runners, each in --quick mode on the default model, writing into a temporary results
+folder: the JSON names the machine, CPU features and build, holds the expected rows, and the
+markdown report exists. One thread each: on shared cores, llama.cpp's spinning threads make
+multi-threaded runs crawl, and only the plumbing is checked here, not speed."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow  # real model; throughput also builds stock llama.cpp once (minutes)
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+MACHINE_KEYS = {"cpu_model", "logical_cpus", "cpu_features", "build_id", "pace_gguf", "llama_cpp_python", "date",
+                "command"}
+
+
+def run_quick(name: str, out: Path) -> dict:
+    import pace_gguf  # noqa: PLC0415
+
+    # the runners import the same pace_gguf as the tests (installed, or the checkout on PYTHONPATH)
+    env = dict(os.environ, PYTHONPATH=str(Path(pace_gguf.__file__).resolve().parents[1]))
+    command = [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--models", "smollm2", "--threads", "1",
+               "--out", str(out)]
+    result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert (out / f"{name}.md").read_text().startswith("# ")
+    report = json.loads((out / f"{name}.json").read_text())
+    assert MACHINE_KEYS <= set(report["meta"]), set(report["meta"])
+    assert report["meta"]["cpu_features"] and report["meta"]["build_id"].startswith("pace-gguf")
+    return report
+
+
+def test_throughput(tmp_path):
+    report = run_quick("throughput", tmp_path)
+    rows = {r["config"]: r for r in report["rows"]}
+    assert list(rows) == ["stock", "off", "2 layers", "all layers"]
+    assert report["meta"]["stock_library"] != report["meta"]["library"]
+    for r in rows.values():
+        assert set(r["tok_s"]) == {"pp64", "pp256", "tg16"} and min(r["tok_s"].values()) > 0
+    assert rows["2 layers"]["amb_layers"] == [12, 26]
+    assert rows["off"]["bank_mib"] == 0 < rows["2 layers"]["bank_mib"] < rows["all layers"]["bank_mib"]
+
+
+def test_memory(tmp_path):
+    report = run_quick("memory", tmp_path)
+    assert [(r["n_ctx"], r["config"]) for r in report["rows"]] == [(512, "off"), (512, "2 layers"), (512, "all layers")]
+    for r in report["rows"]:
+        assert r["peak_rss_mib"] > 50 and r["estimate_mib"] > 50
+    assert report["rows"][0]["bank_mib"] == 0 < report["rows"][1]["bank_mib"]
+
+
+def test_vs_transformers(tmp_path):
+    for module in ("torch", "transformers", "gguf"):
+        pytest.importorskip(module)
+    report = run_quick("vs_transformers", tmp_path)
+    got = {(r["engine"], r["weights"], bool(r["amb_layers"])) for r in report["rows"]}
+    setups = {("transformers", "fp32 (dequantized Q4_1)"), ("pace-gguf", "F32 GGUF"), ("pace-gguf", "Q4_1 GGUF")}
+    assert got == {(*s, amb) for s in setups for amb in (False, True)}
+    for r in report["rows"]:
+        assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_mib"] > 50
