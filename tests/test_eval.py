@@ -327,5 +327,6 @@ def test_publish_writes_results_md_from_reports(tmp_path, monkeypatch):
         "niah", "--config", "off", "--config", "on", "--x"]
     text = publish.write_results_md().read_text()
     assert "| sweep | m.gguf | `on` | 100.0% (3/3) | +33.3 pt | 1 / 0 | 1 |" in text
-    assert "`on` vs `off`: helped (1 gained, 0 lost of 3 paired cases" in text
+    assert "`on` vs `off`: more cases gained than lost (1 gained, 0 lost of 3 paired cases; sign test p = 1, " \
+           "within chance)" in text
     assert "## Evaluation `niah-smollm2`" in text and "\n### t\n" in text  # the step's report, headings demoted
