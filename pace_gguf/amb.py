@@ -17,6 +17,7 @@ import numpy as np
 from . import _bindings
 from ._bindings import MAX_LAYERS
 from .errors import PaceError
+from .interrupts import deferred
 
 MODES = ("code", "paper")  # enum llama_pace_amb_mode, in value order
 GRANULARITIES = ("ubatch", "prompt")  # enum llama_pace_amb_granularity
@@ -250,7 +251,12 @@ def get_config(ctx_ptr) -> PaceConfig:
 
 
 def set_config(ctx_ptr, config: PaceConfig) -> None:
-    _check(_bindings.api().llama_pace_amb_set_params(ctx_ptr, ctypes.byref(config._to_c())), "invalid AMB settings")
+    # A new configuration re-reserves the graph (tens of ms), which llama.cpp logs through
+    # llama-cpp-python's Python callback: Ctrl-C is held until it returns (see interrupts), or
+    # ctypes would print and drop the KeyboardInterrupt raised inside that callback.
+    with deferred():
+        status = _bindings.api().llama_pace_amb_set_params(ctx_ptr, ctypes.byref(config._to_c()))
+    _check(status, "invalid AMB settings")
 
 
 def reset(ctx_ptr, seq_id: int = -1) -> None:
