@@ -63,8 +63,8 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
     "quality-gemma3": ("QuALITY multiple choice (L-Eval), odd documents, 1 question each", [
         "longdoc", GEMMA3, "--data", str(QUALITY), "--split", "test", "--per-document", "1",
         "--max-tokens", "16", "--config", "off", "--config", "on"]),
-    "topics-smollm2": ("LongChat topic retrieval (~10k tokens, beyond the 8k context), 3 chats", [
-        "longdoc", SMOLLM2, "--data", str(TOPICS), "--split", "test", "--per-document", "1", "--limit", "3",
+    "topics-smollm2": ("LongChat topic retrieval (~10k tokens, beyond the 8k context), 2 chats", [
+        "longdoc", SMOLLM2, "--data", str(TOPICS), "--split", "test", "--per-document", "1", "--limit", "2",
         "--config", "off,strategy=stream", "--config", "on,strategy=stream", "--config", "off,strategy=map-reduce"]),
     "topics-gemma3": ("LongChat topic retrieval (fits the 32k context), 3 chats", [
         "longdoc", GEMMA3, "--data", str(TOPICS), "--split", "test", "--per-document", "1", "--limit", "3",
