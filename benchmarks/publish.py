@@ -71,10 +71,12 @@ EVALUATIONS: dict[str, tuple[str, list[str]]] = {
         "--config", "off", "--config", "on"]),
 }
 
+# Repetitions and prompt fill sized for a 2-core machine, as the evaluations are (each runner's
+# --help gives the full-size defaults).
 BENCHMARKS: dict[str, list[str]] = {
-    "throughput": ["benchmarks/throughput.py"],
-    "vs_transformers": ["benchmarks/vs_transformers.py"],
-    "memory": ["benchmarks/memory.py"],
+    "throughput": ["benchmarks/throughput.py", "--reps", "2"],
+    "vs_transformers": ["benchmarks/vs_transformers.py", "--reps", "2"],
+    "memory": ["benchmarks/memory.py", "--fill", "0.25"],
 }
 
 

@@ -47,6 +47,7 @@ def test_exact_match_and_f1_follow_squad_normalisation():
     ("They were careless, I think", "A"),  # no letter: the option whose words it repeats
     ("A man came by", None),               # neither a marked letter nor an option's words
     ("I. e. nothing at all", "C"),         # "I." is not an option letter
+    ("D\n\nAnswer: C\n\nAnswer: B", "D"),   # the first answer counts, not the rambling after it
 ])
 def test_chosen_option(prediction, expected):
     assert scoring.chosen_option(prediction, QUESTION) == expected
@@ -330,3 +331,16 @@ def test_publish_writes_results_md_from_reports(tmp_path, monkeypatch):
     assert "`on` vs `off`: more cases gained than lost (1 gained, 0 lost of 3 paired cases; sign test p = 1, " \
            "within chance)" in text
     assert "## Evaluation `niah-smollm2`" in text and "\n### t\n" in text  # the step's report, headings demoted
+
+
+def test_rescore_scores_stored_answers_again(tmp_path, run_cli, assert_one_line_error):
+    built = _synthetic_report()
+    built["cases"][0]["answers"] = ["answer"]  # the stored prediction is "answer": now right under both
+    new = report.rescored(json.loads(json.dumps(built)))
+    assert [o["correct"] for o in new["outcomes"] if o["case"] == built["cases"][0]["id"]] == [True, True]
+    # the other references ("a") normalise to nothing, which matches nothing
+    assert new["summary"]["off"]["correct"] == 1 and new["summary"]["on"]["correct"] == 1
+    assert new["cases"] == built["cases"]
+    assert [o["correct"] for o in new["outcomes"]].count(None) == 1  # a skipped case stays skipped
+    (tmp_path / "results.json").write_text("{broken")
+    assert_one_line_error(run_cli("eval", "rescore", str(tmp_path)), "not a pace-gguf evaluation result")

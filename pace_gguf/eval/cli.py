@@ -33,6 +33,22 @@ def cmd_longdoc(args: argparse.Namespace) -> int:
                      {"data": str(args.data), "per_document": args.per_document, "limit": args.limit})
 
 
+def cmd_rescore(args: argparse.Namespace) -> int:
+    """Score the stored answers of finished evaluations again and rewrite their reports."""
+    import json  # noqa: PLC0415
+
+    for folder in args.folders:
+        path = folder / report.JSON_NAME
+        try:
+            old = json.loads(path.read_text())
+            new = report.rescored(old)
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise PaceError(f"{path}: not a pace-gguf evaluation result ({exc})") from None
+        for written in report.write(new, folder):
+            progress_line(f"wrote {written}")
+    return 0
+
+
 def _evaluate(args: argparse.Namespace, kind: str, make_cases, settings: dict) -> int:
     """Checks the inputs and the configurations, runs, writes the report even when interrupted."""
     from .. import machine  # noqa: PLC0415
@@ -119,3 +135,8 @@ def register(sub) -> None:
     d.add_argument("--limit", type=positive_int, default=None, help="at most N questions in all")
     _add_common(d)
     d.set_defaults(func=cmd_longdoc)
+
+    r = kinds.add_parser("rescore", help="score the stored answers of finished evaluations again (after a scoring "
+                         "change) and rewrite their reports; no model runs")
+    r.add_argument("folders", nargs="+", type=Path, metavar="DIR", help="output folders of eval niah / eval longdoc")
+    r.set_defaults(func=cmd_rescore)

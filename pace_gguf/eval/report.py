@@ -11,6 +11,9 @@ from pathlib import Path
 
 from .. import machine
 from ..atomic_files import publish, temp_paths
+from . import scoring
+from .cases import Case
+from .configs import EvalConfig
 from .harness import Outcome
 
 SCHEMA = "pace-gguf-eval/1"
@@ -31,6 +34,25 @@ def build(kind: str, meta: dict, configs, cases, outcomes: list[Outcome], comple
         "summary": summary,
         "comparisons": [_compare(outcomes, baseline, c.name) for c in configs[1:]],
     }
+
+
+def rescored(old: dict) -> dict:
+    """The report with every scored answer scored again by the current `scoring` (the answers are
+    stored, so a scoring fix needs no new model runs); summaries and comparisons follow."""
+    cases = {c["id"]: c for c in old["cases"]}
+    outcomes = []
+    for o in old["outcomes"]:
+        o = dict(o)
+        if o["correct"] is not None:
+            case = cases[o["case"]]
+            o["scores"] = scoring.score(o["prediction"], case["answers"], case["question"])
+            o["correct"] = o["scores"]["correct"]
+        outcomes.append(Outcome(**o))
+    meta = {k: v for k, v in old.items() if k not in ("schema", "kind", "complete", "configs", "cases", "outcomes",
+                                                      "summary", "comparisons")}
+    configs = [EvalConfig(c["name"], c["pace"], c["strategy"]) for c in old["configs"]]
+    stubs = [Case(c["id"], "", c["question"], tuple(c["answers"]), c["where"]) for c in old["cases"]]
+    return {**build(old["kind"], meta, configs, stubs, outcomes, old["complete"]), "cases": old["cases"]}
 
 
 def _summary(outcomes: list[Outcome], cases, group: str | None) -> dict:

@@ -11,10 +11,11 @@ from collections import Counter
 
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans({c: " " for c in string.punctuation + "‘’“”–—"})
-# An option letter (A-H) given as "(B)", "B)", "B." or "B:", alone, or after "answer (is)": the
-# reference answers' form and the usual forms of an answer. A-H, not A-Z: "I." is a word.
-_OPTION_MARK = re.compile(r"\(([A-H])\)|(?<![A-Za-z])([A-H])[).:](?!\w)|^\s*([A-H])\s*$"
-                          r"|[Aa]nswer(?: is)?:?\s+([A-H])\b")
+# An option letter (A-H) given as "(B)", "B)", "B." or "B:", alone on a line, or after "answer (is)":
+# the reference answers' form and the usual forms of an answer. A-H, not A-Z: "I." is a word. The
+# first one counts: a base model often goes on with more "Answer: X" lines after its own.
+_OPTION_MARK = re.compile(r"\(([A-H])\)|(?<![A-Za-z])([A-H])[).:](?!\w)|^[ \t]*([A-H])[ \t]*$"
+                          r"|[Aa]nswer(?: is)?:?\s+([A-H])\b", re.M)
 _OPTION_LIST = re.compile(r"\(([A-H])\)\s*(.*?)(?=\s*\([A-H]\)|$)", re.S)
 
 
