@@ -1,7 +1,7 @@
 """RESULTS.md from the latest evaluation and benchmark results, and the plan that produces them.
 
     .venv/bin/python benchmarks/publish.py                 # rewrite RESULTS.md from benchmarks/results/
-    .venv/bin/python benchmarks/publish.py --run all       # first rerun everything (about 2 hours on 2 cores)
+    .venv/bin/python benchmarks/publish.py --run all       # first rerun everything (about 2.5 hours on 2 cores, by the steps timed so far)
     .venv/bin/python benchmarks/publish.py --run sweep niah-smollm2   # rerun some steps, then rewrite
 
 The held-out protocol: `sweep` tries AMB layer sets and thresholds on the *dev* split (alternate
