@@ -47,10 +47,6 @@ KV_PAD = 256
 # llama-cpp-python 0.3.36's Llama: n_batch = min(n_ctx, 512), n_ubatch = min(n_batch, 512).
 N_BATCH = 512
 F16, F32 = 2, 4
-TENSOR_ALIGNMENT = 32  # ggml-impl.h: every tensor in a CPU buffer starts at a multiple of this
-# GGML_AMB_STATE_HEADER (defined in cpp/patches/0002-ggml-op-amb.patch, the layout in
-# cpp/src/pace-amb-layout.h): ints before each sequence's case log; no binding exposes it
-AMB_STATE_HEADER = 8
 
 # Resident memory of a Python process that has imported pace_gguf.Llama and loaded the native
 # libraries, before any model: VmRSS after `from pace_gguf import Llama, _native;
@@ -269,21 +265,18 @@ def kv_cache_bytes(shape: ModelShape, n_cells: int, layers=None) -> int:
 
 
 def amb_bytes(config: PaceConfig, shape: ModelShape, n_cells: int, n_seq: int = 1) -> int:
-    """What allocate_banks (cpp/src/pace-amb.cpp) allocates: per AMB layer and sequence an f32 bank
-    of 2 x bank_size rows of n_ff (keys and values), 3 x bank_size f32 of metadata (usage, valid, key
-    norms) and an i32 state of AMB_STATE_HEADER + n_ctx (the case log per position); prompt
-    granularity adds a snapshot of bank and metadata and 2 x chunk pending rows. Each tensor is
-    padded to the CPU buffer's alignment."""
+    """What set_params allocates for the banks (per AMB layer and sequence: keys and values, their
+    metadata, the case log per position; prompt granularity adds a snapshot and pending rows),
+    measured by the C library from the same tensor shapes (llama_pace_amb_layer_bytes)."""
     if not config.enabled:
         return 0
-    m = config.bank_size
+    c, params = _bindings.api(), config._to_c()
     total = 0
     for il in config.layers:
-        bank = shape.n_ff[il] * 2 * m * n_seq * F32
-        tensors = [bank, 3 * m * n_seq * F32, (AMB_STATE_HEADER + n_cells) * n_seq * 4]
-        if config.granularity == "prompt":
-            tensors += [bank, 3 * m * n_seq * F32, shape.n_ff[il] * 2 * config.chunk * n_seq * F32]
-        total += sum(_pad(t, TENSOR_ALIGNMENT) for t in tensors)
+        size = c.llama_pace_amb_layer_bytes(ctypes.byref(params), shape.n_ff[il], n_seq, n_cells)
+        if size == 0:
+            raise amb.PaceConfigError(amb.last_error())
+        total += size
     return total
 
 

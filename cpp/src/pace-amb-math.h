@@ -24,6 +24,8 @@
 #include <cstring>
 #include <vector>
 
+#include "ggml.h" // struct ggml_amb_params
+
 namespace pace_amb {
 
 enum amb_case : int32_t { CASE_LOW = 0, CASE_MID = 1, CASE_HIGH = 2 };
@@ -31,11 +33,8 @@ enum amb_mode : int32_t { MODE_CODE = 0, MODE_PAPER = 1 };
 
 constexpr float EPS = 1e-8f;
 
-// Mirrors struct ggml_amb_params (ggml.h); kept separate so this header needs no ggml include.
-struct hparams {
-    float   theta_high, theta_low, alpha, w_high, w_mid, lambda, momentum;
-    int32_t topk, negk, store_topk, chunk, mode;
-};
+// The op's parameters, as GGML_OP_AMB carries them in op_params (declared once, in ggml.h).
+using hparams = ggml_amb_params;
 
 // One sequence's bank in one layer. keys/vals: M rows of n_ff floats; usage/valid/knorm: M floats.
 struct bank_view {

@@ -66,6 +66,40 @@ const amb_layer * llama_pace_amb::layer(int32_t il) const {
 
 namespace {
 
+// The tensors of one AMB layer for `p` (already validated), in `ctx`: bank, metadata and state, plus
+// the snapshot and pending rows of prompt granularity. One place for the layout's shapes, which
+// allocate_banks allocates and llama_pace_amb_layer_bytes measures.
+void new_layer_tensors(ggml_context * ctx, amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos) {
+    const int64_t M = p.bank_size, S = n_seq;
+    l.bank  = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, l.n_ff, 2 * M, S);
+    l.meta  = ggml_new_tensor_2d(ctx, GGML_TYPE_F32, 3 * M, S);
+    l.state = ggml_new_tensor_2d(ctx, GGML_TYPE_I32, GGML_AMB_STATE_HEADER + (int64_t) n_pos, S);
+    ggml_format_name(l.bank, "pace_amb_bank-%d", l.il);
+    ggml_format_name(l.meta, "pace_amb_meta-%d", l.il);
+    ggml_format_name(l.state, "pace_amb_state-%d", l.il);
+    if (p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT) {
+        l.snap      = ggml_dup_tensor(ctx, l.bank);
+        l.snap_meta = ggml_dup_tensor(ctx, l.meta);
+        l.pend      = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, l.n_ff, 2 * (int64_t) p.chunk, S);
+    }
+}
+
+constexpr int TENSORS_PER_LAYER = 6;
+
+ggml_context_ptr new_tensor_context(size_t n_layers) {
+    ggml_init_params ip = {ggml_tensor_overhead() * TENSORS_PER_LAYER * n_layers + 1024, nullptr, true};
+    ggml_context_ptr ctx(ggml_init(ip));
+    if (!ctx) {
+        throw std::runtime_error("failed to create the AMB tensor context");
+    }
+    return ctx;
+}
+
+// Host memory: the op's kernel is the CPU one, which updates the bank in place.
+ggml_backend_buffer_type_t bank_buffer_type() {
+    return ggml_backend_dev_buffer_type(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+}
+
 // Allocates zeroed banks for `p` (already validated); throws if the memory is not there.
 amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & model, uint32_t n_seq, uint32_t n_pos) {
     amb_banks nb;
@@ -80,29 +114,11 @@ amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & mo
         nb.layer_index[il] = (int32_t) nb.layers.size();
         nb.layers.push_back(amb_layer{il, (int64_t) model.hparams.n_ff(il)});
     }
-    const bool prompt = p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT;
-    ggml_init_params ip = {ggml_tensor_overhead() * 6 * nb.layers.size() + 1024, nullptr, true};
-    nb.ctx.reset(ggml_init(ip));
-    if (!nb.ctx) {
-        throw std::runtime_error("failed to create the AMB tensor context");
-    }
-    const int64_t M = p.bank_size, S = n_seq;
+    nb.ctx = new_tensor_context(nb.layers.size());
     for (auto & l : nb.layers) {
-        l.bank  = ggml_new_tensor_3d(nb.ctx.get(), GGML_TYPE_F32, l.n_ff, 2 * M, S);
-        l.meta  = ggml_new_tensor_2d(nb.ctx.get(), GGML_TYPE_F32, 3 * M, S);
-        l.state = ggml_new_tensor_2d(nb.ctx.get(), GGML_TYPE_I32, GGML_AMB_STATE_HEADER + (int64_t) n_pos, S);
-        ggml_format_name(l.bank, "pace_amb_bank-%d", l.il);
-        ggml_format_name(l.meta, "pace_amb_meta-%d", l.il);
-        ggml_format_name(l.state, "pace_amb_state-%d", l.il);
-        if (prompt) {
-            l.snap      = ggml_dup_tensor(nb.ctx.get(), l.bank);
-            l.snap_meta = ggml_dup_tensor(nb.ctx.get(), l.meta);
-            l.pend      = ggml_new_tensor_3d(nb.ctx.get(), GGML_TYPE_F32, l.n_ff, 2 * (int64_t) p.chunk, S);
-        }
+        new_layer_tensors(nb.ctx.get(), l, p, n_seq, n_pos);
     }
-    // Host memory: the op's kernel is the CPU one, which updates the bank in place.
-    ggml_backend_dev_t cpu = ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
-    nb.buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(nb.ctx.get(), ggml_backend_dev_buffer_type(cpu)));
+    nb.buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(nb.ctx.get(), bank_buffer_type()));
     if (!nb.buf) {
         throw std::runtime_error(format("failed to allocate the activation memory bank (%d slots x %u sequence(s) on %zu layer(s))",
                                         p.bank_size, n_seq, nb.layers.size()));
@@ -449,9 +465,7 @@ ggml_tensor * llama_pace_amb_build(llama_pace_amb * amb, ggml_context * ctx0, ll
     const bool notes = l == &amb->banks.layers.front();
     res->add_input(std::make_unique<llm_graph_input_pace_amb>(amb, tokens, notes));
 
-    const auto hp = amb->hparams();
-    const ggml_amb_params op = {hp.theta_high, hp.theta_low, hp.alpha, hp.w_high, hp.w_mid, hp.lambda, hp.momentum,
-                                hp.topk, hp.negk, hp.store_topk, hp.chunk, hp.mode};
+    const ggml_amb_params op = amb->hparams();
     ggml_tensor * a = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx0, cur);
     ggml_tensor * out = ggml_amb(ctx0, a, tokens, l->bank, l->meta, l->state,
                                  l->snap, l->snap_meta, l->pend, op);
@@ -712,6 +726,35 @@ int32_t llama_pace_amb_evict(struct llama_context * ctx, llama_seq_id seq_id, ll
 size_t llama_pace_amb_memory_size(const struct llama_context * ctx) {
     const auto * amb = ctx->get_pace_amb();
     return amb ? amb->memory_size() : 0;
+}
+
+size_t llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, int64_t n_ff, uint32_t n_seq, uint32_t n_pos) {
+    if (!params || n_ff <= 0 || n_seq == 0) {
+        llama_pace_set_error("layer_bytes: no params, or n_ff or n_seq not positive");
+        return 0;
+    }
+    const std::string err = llama_pace_amb_check(*params, LLAMA_PACE_MAX_LAYERS);
+    if (!err.empty()) {
+        llama_pace_set_error("invalid AMB parameters: " + err);
+        return 0;
+    }
+    try {
+        ggml_context_ptr ctx = new_tensor_context(1);
+        amb_layer l{0, n_ff};
+        new_layer_tensors(ctx.get(), l, *params, n_seq, n_pos);
+        // what ggml_backend_alloc_ctx_tensors_from_buft takes for these tensors: each one's
+        // allocation size, padded to the buffer type's alignment
+        ggml_backend_buffer_type_t buft = bank_buffer_type();
+        const size_t align = ggml_backend_buft_get_alignment(buft);
+        size_t total = 0;
+        for (ggml_tensor * t = ggml_get_first_tensor(ctx.get()); t; t = ggml_get_next_tensor(ctx.get(), t)) {
+            total += GGML_PAD(ggml_backend_buft_get_alloc_size(buft, t), align);
+        }
+        return total;
+    } catch (const std::exception & e) {
+        llama_pace_set_error(e.what());
+        return 0;
+    }
 }
 
 // ---- llama_context accessors (declared in llama-context.h) ---------------------------------------

@@ -86,6 +86,10 @@ extern "C" {
     // and shifts of absorbed positions still empty the bank. 0 on success, -1 on error.
     LLAMA_API int32_t llama_pace_amb_evict(struct llama_context * ctx, llama_seq_id seq_id, llama_pos p0, llama_pos p1);
     LLAMA_API size_t  llama_pace_amb_memory_size(const struct llama_context * ctx);
+    // Host memory the banks of one AMB layer of width n_ff take with these params, for n_seq
+    // sequences and n_pos positions (a context's n_ctx): what set_params allocates per layer, for
+    // tools that estimate memory before loading a model. 0 if invalid (see llama_pace_last_error).
+    LLAMA_API size_t  llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, int64_t n_ff, uint32_t n_seq, uint32_t n_pos);
     // This thread's last failure: of a llama_pace_* call, or of the AMB section of a state being loaded.
     LLAMA_API const char * llama_pace_last_error(void);
 
