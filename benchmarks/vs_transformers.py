@@ -195,7 +195,7 @@ def last_line(text: str) -> str:
 def quant_name(gguf: Path) -> str:
     """The GGUF's weight type as llama.cpp names it (general.file_type), e.g. Q4_K_M."""
     from pace_gguf._native import llama_cpp_module  # noqa: PLC0415
-    from pace_gguf.convert.gguf_stream import read_gguf_header  # noqa: PLC0415
+    from pace_gguf.gguf_file import read_gguf_header  # noqa: PLC0415
 
     ftype, lib = read_gguf_header(gguf).kv.get("general.file_type"), llama_cpp_module().llama_cpp
     names = [n for n in dir(lib) if n.startswith("LLAMA_FTYPE_") and getattr(lib, n) == ftype]

@@ -43,16 +43,17 @@ def default_build_dir() -> Path:
     return pinned.cache_dir() / "stock" / name
 
 
-def build(build_dir: Path, options: tuple[str, ...] = ("-DPACE_STOCK=ON",)) -> Path:
-    """Configure (once) and build libllama; concurrent callers wait for each other. `options` come
-    after the user's CMAKE_ARGS (cpp/build_portable.py passes its own)."""
+def build(build_dir: Path, options: tuple[str, ...] = ("-DPACE_STOCK=ON",), targets: tuple[str, ...] = ("llama",)) -> Path:
+    """Configure (once) and build `targets`; returns the folder holding libllama. Concurrent callers
+    wait for each other. `options` come after the user's CMAKE_ARGS (cpp/build_portable.py and
+    cpp/build_tools.py pass their own)."""
     build_dir.mkdir(parents=True, exist_ok=True)
     with open(build_dir / ".build.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        return _build_locked(build_dir, options)
+        return _build_locked(build_dir, options, targets)
 
 
-def _build_locked(build_dir: Path, options: tuple[str, ...]) -> Path:
+def _build_locked(build_dir: Path, options: tuple[str, ...], targets: tuple[str, ...]) -> Path:
     configure = ["cmake", "-S", str(HERE), "-B", str(build_dir), "-DCMAKE_BUILD_TYPE=Release",
                  f"-DPython_EXECUTABLE={sys.executable}"]
     if shutil.which("ninja"):
@@ -61,7 +62,8 @@ def _build_locked(build_dir: Path, options: tuple[str, ...]) -> Path:
     if not (build_dir / "CMakeCache.txt").exists():
         subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
     jobs = str(os.cpu_count() or 2)
-    subprocess.run(["cmake", "--build", str(build_dir), "--target", "llama", "-j", jobs], check=True, stdout=subprocess.DEVNULL)
+    subprocess.run(["cmake", "--build", str(build_dir), "--target", *targets, "-j", jobs], check=True,
+                   stdout=subprocess.DEVNULL)
     libs = sorted(build_dir.rglob("libllama.so")) + sorted(build_dir.rglob("libllama.dylib"))
     if not libs:
         raise SystemExit(f"build finished but no libllama was found under {build_dir}")

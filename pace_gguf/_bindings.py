@@ -2,7 +2,7 @@
 
 llama-cpp-python declares llama.h's functions itself (llama_cpp.llama_cpp, one
 `ctypes_function_for_shared_library` declaration per symbol); pace-gguf uses those through it.
-This module declares the rest: pace-gguf's own API (cpp/src/pace.h), ggml's GGUF reader, its log
+This module declares the rest: pace-gguf's own API (cpp/src/pace.h), ggml's GGUF reader and writer, its log
 and backend-device functions. Like llama-cpp-python it declares each symbol once, on the loaded
 library, but on first use (`api()`), because importing pace_gguf must not load the library.
 
@@ -107,6 +107,19 @@ SIGNATURES = {
     "gguf_get_tensor_name": (ctypes.c_char_p, [_ptr, _i64]),
     "gguf_get_tensor_offset": (_size, [_ptr, _i64]),
     "gguf_get_tensor_size": (_size, [_ptr, _i64]),
+    "gguf_get_tensor_type": (ctypes.c_int, [_ptr, _i64]),
+    "gguf_get_tensor_ne": (ctypes.POINTER(_i64), [_ptr, _i64]),
+    "gguf_get_arr_str": (ctypes.c_char_p, [_ptr, _i64, _size]),
+    "gguf_get_alignment": (_size, [_ptr]),
+    # gguf.h: the writer (metadata edited in a context read from the source, then serialized)
+    "gguf_remove_key": (_i64, [_ptr, ctypes.c_char_p]),
+    "gguf_set_val_bool": (None, [_ptr, ctypes.c_char_p, ctypes.c_bool]),
+    "gguf_set_val_i32": (None, [_ptr, ctypes.c_char_p, _i32]),
+    "gguf_set_val_f32": (None, [_ptr, ctypes.c_char_p, ctypes.c_float]),
+    "gguf_set_val_str": (None, [_ptr, ctypes.c_char_p, ctypes.c_char_p]),
+    "gguf_set_arr_data": (None, [_ptr, ctypes.c_char_p, ctypes.c_int, _ptr, _size]),
+    "gguf_get_meta_size": (_size, [_ptr]),
+    "gguf_get_meta_data": (None, [_ptr, _ptr]),
     # ggml.h and llama.h: the logs (llama_log_set sets ggml's too); ggml-backend.h: the devices
     "ggml_log_get": (None, [ctypes.POINTER(_ptr), ctypes.POINTER(_ptr)]),
     "ggml_log_set": (None, [_ptr, _ptr]),

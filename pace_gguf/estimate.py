@@ -28,6 +28,7 @@ import dataclasses
 import os
 import re
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -61,7 +62,6 @@ METADATA_BYTES_PER_ENTRY = 182
 # llama-cpp-python's sampling candidates: one llama_token_data (id, logit, p) per vocabulary entry.
 CANDIDATE_BYTES = 12
 
-_GGUF_ARRAY = 9  # enum gguf_type
 _LAYER_TENSOR = re.compile(r"blk\.(\d+)\.")
 
 
@@ -95,49 +95,11 @@ class ModelShape:
         return sum(self.layer_weights) + self.input_weights + self.output_weights
 
 
-class _Header:
-    """Typed reads of one GGUF header (a gguf_file.gguf_header context) through ggml's GGUF API."""
-
-    def __init__(self, ctx):
-        self.c, self.ctx = _bindings.api(), ctx
-
-    def key(self, name: str) -> int:
-        return self.c.gguf_find_key(self.ctx, name.encode())
-
-    def ints(self, name: str) -> list[int] | None:
-        """An integer key, or an integer array (per-layer values), as a list; None when absent."""
-        key = self.key(name)
-        if key < 0:
-            return None
-        kind = self.c.gguf_get_kv_type(self.ctx, key)
-        if kind == _GGUF_ARRAY:
-            ctype = gguf_file._INT_TYPES.get(self.c.gguf_get_arr_type(self.ctx, key))
-            if ctype is None:
-                return None
-            n = self.c.gguf_get_arr_n(self.ctx, key)
-            return list((ctype * n).from_address(self.c.gguf_get_arr_data(self.ctx, key)))
-        ctype = gguf_file._INT_TYPES.get(kind)
-        return None if ctype is None else [ctype.from_address(self.c.gguf_get_val_data(self.ctx, key)).value]
-
-    def array_length(self, name: str) -> int | None:
-        key = self.key(name)
-        if key < 0 or self.c.gguf_get_kv_type(self.ctx, key) != _GGUF_ARRAY:
-            return None
-        return self.c.gguf_get_arr_n(self.ctx, key)
-
-    def keys(self):
-        for i in range(self.c.gguf_get_n_kv(self.ctx)):
-            yield self.c.gguf_get_key(self.ctx, i)
-
-    def tensors(self):
-        """(name, bytes) of every tensor."""
-        for i in range(self.c.gguf_get_n_tensors(self.ctx)):
-            name = self.c.gguf_get_tensor_name(self.ctx, i).decode(errors="replace")
-            yield name, self.c.gguf_get_tensor_size(self.ctx, i)
-
-    @property
-    def data_offset(self) -> int:
-        return self.c.gguf_get_data_offset(self.ctx)
+def _ints(kv: dict, name: str) -> list[int] | None:
+    """An integer key, or an integer array (per-layer values), as a list; None when absent or not integers."""
+    value = kv.get(name)
+    values = value if isinstance(value, list) else [value]
+    return values if all(isinstance(v, int) and not isinstance(v, bool) for v in values) and value is not None else None
 
 
 def _per_layer(values: list[int] | None, n_layer: int, default: list[int] | None, what: str, path: Path) -> list[int]:
@@ -160,23 +122,27 @@ def read_shape(path: str | Path) -> ModelShape:
     path, arch = summary.path, summary.architecture
     if arch is None:
         raise ModelFileError(f"{path} is not a model llama.cpp can run: its header has no general.architecture")
-    with gguf_file.gguf_header(path) as ctx:
-        return _shape(_Header(ctx), arch, path)
+    return _shape(gguf_file.read_gguf_header(path), arch)
 
 
-def _shape(h: _Header, arch: str, path: Path) -> ModelShape:
+def _shape(header: gguf_file.GGUFFile, arch: str) -> ModelShape:
+    kv, path = header.kv, header.path
+
     def one(name: str, default: int | None = None) -> int:
         key = f"{arch}.{name}"
-        return _per_layer(h.ints(key), 1, None if default is None else [default], key, path)[0]
+        return _per_layer(_ints(kv, key), 1, None if default is None else [default], key, path)[0]
+
+    def array_length(name: str) -> int | None:
+        return len(kv[name]) if isinstance(kv.get(name), Sequence) and not isinstance(kv[name], str) else None
 
     n_layer = one("block_count")
     n_embd = one("embedding_length")
-    n_head = _per_layer(h.ints(f"{arch}.attention.head_count"), n_layer, None, f"{arch}.attention.head_count", path)
+    n_head = _per_layer(_ints(kv, f"{arch}.attention.head_count"), n_layer, None, f"{arch}.attention.head_count", path)
     # llama.cpp's defaults (llama-model.cpp, load_hparams): as many KV heads as heads, and heads of
     # n_embd / n_head values
-    n_head_kv = _per_layer(h.ints(f"{arch}.attention.head_count_kv"), n_layer, n_head, "head_count_kv", path)
+    n_head_kv = _per_layer(_ints(kv, f"{arch}.attention.head_count_kv"), n_layer, n_head, "head_count_kv", path)
     head_dim = n_embd // max(n_head[0], 1)
-    layers, inputs, outputs, sizes = [0] * n_layer, 0, 0, dict(h.tensors())
+    layers, inputs, outputs, sizes = [0] * n_layer, 0, 0, {t.name: t.nbytes for t in header.tensors}
     for name, size in sizes.items():
         match = _LAYER_TENSOR.match(name)
         if match and int(match.group(1)) < n_layer:
@@ -190,19 +156,19 @@ def _shape(h: _Header, arch: str, path: Path) -> ModelShape:
         n_layer=n_layer,
         n_ctx_train=one("context_length", 0),
         n_embd=n_embd,
-        n_vocab=h.array_length("tokenizer.ggml.tokens") or one("vocab_size", 0),
-        n_merges=h.array_length("tokenizer.ggml.merges") or 0,
+        n_vocab=array_length("tokenizer.ggml.tokens") or one("vocab_size", 0),
+        n_merges=array_length("tokenizer.ggml.merges") or 0,
         n_head=n_head,
         n_head_kv=n_head_kv,
         head_dim_k=one("attention.key_length", head_dim),
         head_dim_v=one("attention.value_length", head_dim),
-        n_ff=_per_layer(h.ints(f"{arch}.feed_forward_length"), n_layer, [0] * n_layer, "feed_forward_length", path),
-        header_bytes=h.data_offset,
+        n_ff=_per_layer(_ints(kv, f"{arch}.feed_forward_length"), n_layer, [0] * n_layer, "feed_forward_length", path),
+        header_bytes=header.data_start,
         layer_weights=layers,
         input_weights=inputs,
         output_weights=outputs,
         tied_output_weights=0 if "output.weight" in sizes else sizes.get("token_embd.weight", 0),
-        has_pace_keys=any(name.startswith(b"pace.amb.") for name in h.keys()),
+        has_pace_keys=any(name.startswith("pace.amb.") for name in kv),
     )
 
 

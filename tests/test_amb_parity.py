@@ -41,7 +41,7 @@ def tiny(request, tmp_path_factory):
 
 
 def configs(mode: str, granularity: str):
-    ref = AmbConfig(bank_size=BANK, store_chunk=CHUNK, semantics=mode)
+    ref = AmbConfig(bank_size=BANK, chunk=CHUNK, mode=mode)
     ours = PaceConfig(enabled=True, layers=LAYERS, bank_size=BANK, chunk=CHUNK, mode=mode, granularity=granularity)
     return ref, ours
 

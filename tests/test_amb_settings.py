@@ -100,3 +100,45 @@ def test_a_header_check_silences_the_log_only_while_it_runs(tmp_path):
         assert ctypes.cast(llama_now, ctypes.c_void_p).value == ggml_now.value == users_address
     finally:
         lcpp.llama_log_set(before, None)
+
+
+# Values at and beyond each rule's edges, for the settings the PyTorch reference shares with the
+# runtime (within the C library's memory caps on bank_size and chunk, which the oracle does not need).
+EDGES = {
+    "bank_size": [-1, 0, 1, 100, 4096], "topk": [-1, 0, 1, 7], "negk": [-1, 0, 3], "store_topk": [-1, 0, 1, 9],
+    "chunk": [-5, 0, 1, 1024],
+    "theta_high": [-0.01, 0.0, 0.5, 1.0, 1.01, float("nan"), float("inf")],
+    "theta_low": [-0.01, 0.0, 0.25, 0.75, 0.76, 1.0, float("nan")],
+    "alpha": [-1e-7, 0.0, 1e-7, 1.0, 1.5, float("nan")], "momentum": [-0.5, 0.0, 0.99, 1.0, 2.0],
+    "w_high": [-3.0, 0.0, 1e30, float("inf"), float("nan")], "w_mid": [-1.0, 2.5, float("-inf")],
+    "negative_weight": [-0.1, 0.0, 1e-7, float("nan")], "mode": ["code", "paper", "fast"],
+}
+
+
+def test_the_reference_and_the_c_library_accept_the_same_values():
+    """The reference's own validation (written from the spec) and the C library's rules agree on
+    every shared setting; theta_low is checked against theta_high's default 0.75."""
+    from pace_gguf.reference import AmbConfig
+
+    shared = {s.name for s in amb.AMB_SETTINGS} & {f.name for f in dataclasses.fields(AmbConfig)}
+    assert shared == set(EDGES)
+    for name, values in EDGES.items():
+        for value in values:
+            try:
+                AmbConfig(**{name: value})
+                reference_accepts = True
+            except ValueError:
+                reference_accepts = False
+            try:
+                amb.validate_config(amb.PaceConfig().replace(**{name: value}), n_layer=30)
+                c_accepts = True
+            except amb.PaceConfigError:
+                c_accepts = False
+            assert reference_accepts == c_accepts, f"{name}={value!r}: reference {reference_accepts}, C {c_accepts}"
+
+
+def test_the_reference_defaults_are_the_tables():
+    from pace_gguf.reference import AmbConfig
+
+    reference = AmbConfig()
+    assert all(getattr(reference, s.name) == s.default for s in amb.AMB_SETTINGS if hasattr(reference, s.name))

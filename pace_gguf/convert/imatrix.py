@@ -30,7 +30,7 @@ def load_imatrix(path) -> dict[str, np.ndarray]:
 
 
 def _load_gguf(path: Path) -> dict[str, np.ndarray]:
-    from .gguf_stream import read_gguf  # noqa: PLC0415
+    from ..gguf_file import read_gguf  # noqa: PLC0415
     from .reorder import as_float32  # noqa: PLC0415
 
     src = read_gguf(path)

@@ -22,8 +22,8 @@ import numpy as np
 from pace_gguf.amb import AMB_SETTINGS
 from pace_gguf.atomic_files import publish, remove_stale_parts, temp_paths
 
+from ..gguf_file import read_gguf, type_name
 from .errors import ConvertError
-from .gguf_stream import ELEMENT_SIZE, read_gguf, type_name
 
 # pace.amb.* key -> GGUF value kind (what cpp/src/pace-amb.cpp reads; layers: an array)
 AMB_KEYS = {s.key: (list if s.kind is tuple else s.kind) for s in AMB_SETTINGS}
@@ -254,7 +254,7 @@ def reorder(src, out, *, experts: int = 64, seed: int = 0, requantize: bool = Fa
     source = read_gguf(src)
     opts = ConvertOptions(experts=experts, seed=seed, progress=progress, threads=threads)
     from .quantize import quantize  # noqa: PLC0415
-    from .reorder import plan_reorder  # noqa: PLC0415
+    from .reorder import ELEMENT_SIZE, plan_reorder  # noqa: PLC0415
 
     quantized = [t.name for t in source.tensors if t.name.endswith("ffn_down.weight") and t.type not in ELEMENT_SIZE]
     if quantized and not requantize:

@@ -16,10 +16,14 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from gguf import GGMLQuantizationType as GGMLType
 
+from ..gguf_file import GGUFFile, type_name, write_gguf
 from .ce import cluster_experts
 from .errors import ConvertError
-from .gguf_stream import BF16, ELEMENT_SIZE, F16, F32, GGUFSource, OutTensor, type_name, write_gguf
+
+# types whose elements can be moved one by one (the permutation of ffn_down's columns)
+ELEMENT_SIZE = {GGMLType.F32: 4, GGMLType.F16: 2, GGMLType.BF16: 2}
 
 _FFN = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down)\.(weight|bias)$")
 
@@ -42,13 +46,13 @@ class ReorderPlan:
         return [self.results[i].objective for i in self.layers]
 
 
-def gated_ffn_layers(src: GGUFSource) -> list[int]:
+def gated_ffn_layers(src: GGUFFile) -> list[int]:
     names = {t.name for t in src.tensors}
     layers = sorted({int(m.group(1)) for n in names if (m := _FFN.match(n))})
     return [i for i in layers if all(f"blk.{i}.ffn_{p}.weight" in names for p in ("gate", "up", "down"))]
 
 
-def plan_reorder(src: GGUFSource, n_experts: int) -> ReorderPlan:
+def plan_reorder(src: GGUFFile, n_experts: int) -> ReorderPlan:
     """Check that CE with `n_experts` applies to this file; raises ConvertError with one line if not."""
     layers = gated_ffn_layers(src)
     if not layers:
@@ -73,31 +77,30 @@ def plan_reorder(src: GGUFSource, n_experts: int) -> ReorderPlan:
     return ReorderPlan(layers, d_ff)
 
 
-def as_float32(src: GGUFSource, name: str) -> np.ndarray:
+def as_float32(src: GGUFFile, name: str) -> np.ndarray:
     """A tensor as float32 numpy, shape [ne1, ne0] (rows x row length)."""
     t = src.tensor(name)
     raw = src.raw(t)
-    rows = (t.rows, t.shape[0])
-    if t.type == F32:
+    rows = (int(np.prod(t.shape[1:], dtype=np.int64)), t.shape[0])
+    if t.type == GGMLType.F32:
         return raw.view("<f4").reshape(rows)
-    if t.type == F16:
+    if t.type == GGMLType.F16:
         return raw.view("<f2").astype(np.float32).reshape(rows)
-    if t.type == BF16:
+    if t.type == GGMLType.BF16:
         return (raw.view("<u2").astype(np.uint32) << 16).view(np.float32).reshape(rows)
-    from gguf import GGMLQuantizationType  # noqa: PLC0415
     from gguf.quants import dequantize  # noqa: PLC0415
 
-    return dequantize(np.asarray(raw), GGMLQuantizationType(t.type)).astype(np.float32).reshape(rows)
+    return dequantize(np.asarray(raw), GGMLType(t.type)).astype(np.float32).reshape(rows)
 
 
-def cluster_layer(src: GGUFSource, layer: int, n_experts: int, seed: int) -> LayerCE:
+def cluster_layer(src: GGUFFile, layer: int, n_experts: int, seed: int) -> LayerCE:
     gate = as_float32(src, f"blk.{layer}.ffn_gate.weight")      # [d_ff, d_model]: neurons are rows
     t0 = time.perf_counter()
     res = cluster_experts(gate, n_experts, seed=seed)
     return LayerCE(layer, res.perm, res.objective, time.perf_counter() - t0)
 
 
-def permuted_bytes(src: GGUFSource, name: str, perm: np.ndarray) -> np.ndarray:
+def permuted_bytes(src: GGUFFile, name: str, perm: np.ndarray) -> np.ndarray:
     """The tensor's bytes with its neuron axis permuted (rows of gate/up, columns of down)."""
     m = _FFN.match(name)
     t = src.tensor(name)
@@ -116,7 +119,7 @@ def permuted_bytes(src: GGUFSource, name: str, perm: np.ndarray) -> np.ndarray:
     return raw.reshape(t.shape[1], t.shape[0], size)[:, perm, :]
 
 
-def cluster_all(src: GGUFSource, plan: ReorderPlan, n_experts: int, seed: int, on_layer=None) -> None:
+def cluster_all(src: GGUFFile, plan: ReorderPlan, n_experts: int, seed: int, on_layer=None) -> None:
     """Cluster every gated layer first (reads one gate tensor at a time), so the per-layer
     objectives are known before the header is written."""
     for layer in plan.layers:
@@ -125,7 +128,7 @@ def cluster_all(src: GGUFSource, plan: ReorderPlan, n_experts: int, seed: int, o
             on_layer(plan.results[layer])
 
 
-def reorder_tensors(src: GGUFSource, dst, plan: ReorderPlan, n_experts: int, extra_kv: dict,
+def reorder_tensors(src: GGUFFile, dst, plan: ReorderPlan, n_experts: int, extra_kv: dict,
                     drop_prefixes: tuple[str, ...] = (), progress=None) -> None:
     """Write `dst`: `src` with the permutations in `plan` applied (n_experts > 0; run cluster_all
     first), source keys starting with `drop_prefixes` removed and `extra_kv` added."""
@@ -135,5 +138,4 @@ def reorder_tensors(src: GGUFSource, dst, plan: ReorderPlan, n_experts: int, ext
             return permuted_bytes(src, name, plan.results[int(m.group(1))].perm)
         return src.raw_chunks(src.tensor(name))
 
-    out = [OutTensor(t.name, t.shape, t.type) for t in src.tensors]
-    write_gguf(dst, src, extra_kv, drop_prefixes, out, produce, progress)
+    write_gguf(dst, src, extra_kv, drop_prefixes, produce, progress)

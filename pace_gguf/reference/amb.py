@@ -8,20 +8,20 @@ the enhanced ``o`` (same shape and dtype) that ``down_proj`` should consume.
 Semantics (normative: spec 2.3-2.6, decisions of spec 6):
 
 * Visibility (2.6): every token of one forward retrieves against the bank as it was at the start of
-  that forward; only then is the forward stored, in chunks of ``store_chunk`` rows in token order.
+  that forward; only then is the forward stored, in chunks of ``chunk`` rows in token order.
 * Retrieval decides on the max similarity; the store decides on the mean of the top-min(store_topk, m)
   similarities. Both use strict ``>`` and compare in fp32.
 * cos(x, k) = dot(x, k) / (max(|x|, eps) * max(|k|, eps)), computed as a dot of eps-clamped
   normalised vectors in fp32.
 * Ties (top-k, bottom-k', eviction order) go to the lower slot index (stable sorts).
-* Exact identity: an empty bank, a "low" row and (code semantics) fusion_alpha == 0 return the input
+* Exact identity: an empty bank, a "low" row and (code semantics) alpha == 0 return the input
   bits unchanged. The released code computes 0.8x + 0.2x instead, which differs by up to 1 ulp.
 * Non-finite rows (NaN/Inf in the key or the value) are never stored (skipped in merge means and
   replacement; store label ``NOT_STORED``). In retrieval they are classified "low", so their output is
   the input row unchanged: the NaN stays visible downstream instead of being masked.
-* Paper semantics (``semantics="paper"``, Algorithm 1, spec 2.4/2.9): high o = w_hi*p + lam*q,
+* Paper semantics (``mode="paper"``, Algorithm 1, spec 2.4/2.9): high o = w_hi*p + lam*q,
   mid o = (1 - w_mid)*x + w_mid*p + lam*q (w_hi=1, w_mid=1/2 give the spec's table exactly);
-  fusion_alpha is not used. Store: per-token classification as in code mode (the paper's chunk-level
+  alpha is not used. Store: per-token classification as in code mode (the paper's chunk-level
   test is ambiguous, spec 2.9), high rows add 1 to u of every slot in the union of their
   top-min(store_topk, m) slots (once per slot per chunk, like the code's merge), mid rows pull K and
   V of the union of their top slots toward the mean RAW key of the mid rows (the paper's mu_c read
@@ -30,7 +30,7 @@ Semantics (normative: spec 2.3-2.6, decisions of spec 6):
 
 Prompt granularity (spec 6.9): between ``begin_prompt()`` and ``end_prompt()`` every forward
 retrieves against a frozen snapshot of the bank taken at the prompt start, while the store buffers rows
-and writes them into the live bank in ``store_chunk``-row chunks aligned to the prompt start; the last
+and writes them into the live bank in ``chunk``-row chunks aligned to the prompt start; the last
 partial chunk is flushed by ``end_prompt()``. The result equals one forward of the whole prompt.
 """
 
@@ -254,7 +254,7 @@ class ActivationMemoryBank:
             outs.append(o)
             cases.append(c)
         cases = torch.cat(cases)
-        if self.config.semantics == "code" and self.config.fusion_alpha == 0.0:
+        if self.config.mode == "code" and self.config.alpha == 0.0:
             return None, cases   # o = 1*x + 0*r: the output never changes (spec 8.6)
         return torch.cat(outs), cases
 
@@ -280,14 +280,14 @@ class ActivationMemoryBank:
     def _coefficients(self, high, mid, desc, sims, m):
         """Per-token beta and coefficient matrix C [n, m] of the unified form (spec 2.4)."""
         cfg = self.config
-        k, kn = min(cfg.topk, m), min(cfg.negative_topk, m)
-        if cfg.semantics == "code":
-            a_hi, a_mid = cfg.fusion_alpha * cfg.high_weight, cfg.fusion_alpha * cfg.mid_weight
-            b = cfg.fusion_alpha * cfg.negative_weight
-            beta_hi = beta_mid = 1.0 - cfg.fusion_alpha
+        k, kn = min(cfg.topk, m), min(cfg.negk, m)
+        if cfg.mode == "code":
+            a_hi, a_mid = cfg.alpha * cfg.w_high, cfg.alpha * cfg.w_mid
+            b = cfg.alpha * cfg.negative_weight
+            beta_hi = beta_mid = 1.0 - cfg.alpha
         else:
-            a_hi, a_mid, b = cfg.high_weight, cfg.mid_weight, cfg.negative_weight
-            beta_hi, beta_mid = 0.0, 1.0 - cfg.mid_weight
+            a_hi, a_mid, b = cfg.w_high, cfg.w_mid, cfg.negative_weight
+            beta_hi, beta_mid = 0.0, 1.0 - cfg.w_mid
         a = torch.where(high, a_hi, torch.where(mid, a_mid, 0.0)).to(sims.dtype)
         bb = torch.where(high | mid, b, 0.0).to(sims.dtype)
         beta = torch.where(high, beta_hi, torch.where(mid, beta_mid, 1.0)).to(sims.dtype)
@@ -307,7 +307,7 @@ class ActivationMemoryBank:
         # Copies: the caller may reuse its activation buffers before the chunk is complete.
         self._prompt.pending.append((keys.clone(), values.clone()))
         buffered = sum(k.shape[0] for k, _ in self._prompt.pending)
-        full = buffered - buffered % self.config.store_chunk
+        full = buffered - buffered % self.config.chunk
         if full == 0:
             return []
         all_k = torch.cat([k for k, _ in self._prompt.pending])
@@ -316,7 +316,7 @@ class ActivationMemoryBank:
         return self._store_chunks(all_k[:full], all_v[:full])
 
     def _store_chunks(self, keys, values) -> list:
-        c = self.config.store_chunk
+        c = self.config.chunk
         return [self._store_chunk(keys[s:s + c], values[s:s + c])
                 for s in range(0, keys.shape[0], c)] or [torch.zeros(0, dtype=torch.int8)]
 
@@ -339,7 +339,7 @@ class ActivationMemoryBank:
         mid = ~high & (sbar > cfg.theta_low)
         low = ~high & ~mid
         labels[rows[high]], labels[rows[mid]], labels[rows[low]] = HIGH, MID, LOW
-        if cfg.semantics == "paper" and bool(high.any()):
+        if cfg.mode == "paper" and bool(high.any()):
             st.usage[torch.unique(top_slots[high])] += 1.0
         if bool(mid.any()):
             self._merge(torch.unique(top_slots[mid]), keys[mid], values[mid])
@@ -351,11 +351,11 @@ class ActivationMemoryBank:
         """Pull the given slots toward one chunk mean (spec 2.5; paper: raw mean for K and V)."""
         cfg, st = self.config, self.state
         kbar = keys.mean(0)
-        vbar = values.mean(0) if cfg.semantics == "code" else kbar
+        vbar = values.mean(0) if cfg.mode == "code" else kbar
         mom = cfg.momentum
         st.keys[slots] = mom * st.keys[slots] + (1.0 - mom) * kbar
         st.values[slots] = mom * st.values[slots] + (1.0 - mom) * vbar
-        if cfg.semantics == "code":
+        if cfg.mode == "code":
             st.usage[slots] += 1.0
         st.valid[slots] = True
 

@@ -1,6 +1,9 @@
-"""AMB hyperparameters (spec 2.8) with validation.
+"""AMB hyperparameters (spec 2.8) of the PyTorch reference, with validation.
 
-Pure Python: importing this module needs neither torch nor numpy.
+The settings the runtime has too carry its names and defaults (pace_gguf.amb.AMB_SETTINGS, the
+one table); the rest are the reference's own (retrieval chunking, legacy switches, eps). The
+validation is the oracle's own, written from the spec; tests/test_amb_settings.py checks that it
+accepts and refuses what the C library does.
 """
 
 from __future__ import annotations
@@ -8,40 +11,42 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 
-SEMANTICS = ("code", "paper")
+from ..amb import AMB_SETTINGS, MODES
+
+_DEFAULT = {setting.name: setting.default for setting in AMB_SETTINGS}
 
 
 @dataclass(frozen=True)
 class AmbConfig:
     """Hyperparameters of one Activation Memory Bank.
 
-    Defaults are the released code's (spec 2.8, "CLEAN" column).
+    Defaults are the released code's (spec 2.8, "CLEAN" column), as the runtime's.
     """
 
     # Slots M in the bank.
-    bank_size: int = 100
+    bank_size: int = _DEFAULT["bank_size"]
     # Case thresholds; both compared with strict ">" (spec 2.3).
-    theta_high: float = 0.75
-    theta_low: float = 0.25
+    theta_high: float = _DEFAULT["theta_high"]
+    theta_low: float = _DEFAULT["theta_low"]
     # Retrieval: mean of the top-k values (positive) and of the bottom-k' values (negative).
-    topk: int = 5
-    negative_topk: int = 2
+    topk: int = _DEFAULT["topk"]
+    negk: int = _DEFAULT["negk"]
     # Store: decision statistic is the mean of the top-min(store_topk, m) similarities.
-    store_topk: int = 5
+    store_topk: int = _DEFAULT["store_topk"]
     # Code semantics: o = (1 - alpha) x + alpha r. Ignored in paper semantics (no alpha there).
-    fusion_alpha: float = 0.2
-    # r = high_weight*p + negative_weight*q (high) / mid_weight*p + negative_weight*q (mid).
-    high_weight: float = 1.0
-    mid_weight: float = 0.5
-    negative_weight: float = 0.1
+    alpha: float = _DEFAULT["alpha"]
+    # r = w_high*p + negative_weight*q (high) / w_mid*p + negative_weight*q (mid).
+    w_high: float = _DEFAULT["w_high"]
+    w_mid: float = _DEFAULT["w_mid"]
+    negative_weight: float = _DEFAULT["negative_weight"]
     # Merge: slot <- momentum*slot + (1 - momentum)*mean.
-    momentum: float = 0.5
+    momentum: float = _DEFAULT["momentum"]
     # Store chunk C (semantic: the bank is updated chunk by chunk).
-    store_chunk: int = 1024
+    chunk: int = _DEFAULT["chunk"]
     # Retrieval chunk: a memory bound only, no effect on results (spec 2.6, 8.8).
     retrieve_chunk: int = 1024
     # "code" = released package rules (default); "paper" = Algorithm 1 (spec 2.4 table, 2.9).
-    semantics: str = "code"
+    mode: str = _DEFAULT["mode"]
     # Legacy compat: no valid mask, all M slots (zeros when empty) take part in every top-k.
     legacy_zero_slots: bool = False
     # Legacy compat: more than M low rows in a chunk keep the LAST M (cyclic slot order) not the first.
@@ -54,23 +59,23 @@ class AmbConfig:
     def __post_init__(self) -> None:
         _check_int("bank_size", self.bank_size, minimum=1)
         _check_int("topk", self.topk, minimum=1)
-        _check_int("negative_topk", self.negative_topk, minimum=0)
+        _check_int("negk", self.negk, minimum=0)
         _check_int("store_topk", self.store_topk, minimum=1)
-        _check_int("store_chunk", self.store_chunk, minimum=1)
+        _check_int("chunk", self.chunk, minimum=1)
         _check_int("retrieve_chunk", self.retrieve_chunk, minimum=1)
-        for name in ("theta_high", "theta_low", "fusion_alpha", "momentum"):
+        for name in ("theta_high", "theta_low", "alpha", "momentum"):
             _check_unit(name, getattr(self, name))
         if self.theta_low > self.theta_high:
             raise ValueError(
                 f"theta_low ({self.theta_low}) must be <= theta_high ({self.theta_high})"
             )
-        for name in ("high_weight", "mid_weight", "negative_weight"):
+        for name in ("w_high", "w_mid", "negative_weight"):
             _check_finite(name, getattr(self, name))
         _check_finite("eps", self.eps)
         if self.eps <= 0:
             raise ValueError(f"eps must be > 0, got {self.eps}")
-        if self.semantics not in SEMANTICS:
-            raise ValueError(f"semantics must be one of {SEMANTICS}, got {self.semantics!r}")
+        if self.mode not in MODES:
+            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
         for name in ("legacy_zero_slots", "legacy_keep_last", "store_in_training"):
             if not isinstance(getattr(self, name), bool):
                 raise ValueError(f"{name} must be a bool, got {getattr(self, name)!r}")

@@ -38,7 +38,7 @@ from .hf import GRANULARITIES, _cached_forward, _check_sizes, enable_amb, get_ba
 
 ARCHS = ("qwen2", "llama")
 DEFAULT_FORWARDS = (24, 24, 9, 1, 1, 1, 1)
-DEFAULT_CONFIG = AmbConfig(bank_size=8, store_chunk=16)
+DEFAULT_CONFIG = AmbConfig(bank_size=8, chunk=16)
 STREAM_IDS = 8
 
 
@@ -151,7 +151,7 @@ def main(argv=None) -> int:
     p.add_argument("--layers", type=_int_list, default=[0, 1])
     p.add_argument("--granularity", choices=GRANULARITIES, default="ubatch")
     p.add_argument("--config-json", default="{}",
-                   help='AmbConfig overrides as JSON, e.g. \'{"bank_size": 8, "store_chunk": 16}\'')
+                   help='AmbConfig overrides as JSON, e.g. \'{"bank_size": 8, "chunk": 16}\'')
     args = p.parse_args(argv)
     config = AmbConfig.from_dict({**DEFAULT_CONFIG.to_dict(), **json.loads(args.config_json)})
     model = None

@@ -113,12 +113,12 @@ def test_interruption_or_full_disk_leaves_no_partial_output(failure, capsys, tin
     remains; a full disk is one error line and exit 1, Ctrl-C exit 130."""
     import errno
 
-    import pace_gguf.convert.gguf_stream as gs
+    import pace_gguf.gguf_file as gf
 
-    real, written = gs.write_gguf, []
+    real, written = gf.write_gguf, []
 
     def failing_write(dst, *a, **kw):
-        produce = a[4]                                    # (src, kv, drop, tensors, produce, progress)
+        produce = a[3]                                    # (src, kv, drop, produce, progress)
 
         def produce_then_fail(name):
             if len(written) == 5:
@@ -127,7 +127,7 @@ def test_interruption_or_full_disk_leaves_no_partial_output(failure, capsys, tin
                 raise OSError(errno.ENOSPC, "No space left on device", str(dst))
             written.append(name)
             return produce(name)
-        return real(dst, *a[:4], produce_then_fail, *a[5:], **kw)
+        return real(dst, *a[:3], produce_then_fail, *a[4:], **kw)
 
     import pace_gguf.convert.reorder as ro
     monkeypatch.setattr(ro, "write_gguf", failing_write)

@@ -41,7 +41,7 @@ def test_ce_preserves_logits_and_greedy_tokens(arch, tiny_hf, tiny_f32, load_lla
 
 @pytest.mark.parametrize("arch", ARCHS)
 def test_ce_permutes_ffn_and_writes_metadata(arch, tiny_f32):
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
     from pace_gguf.convert.reorder import as_float32
 
     plain, ce = read_gguf(tiny_f32(arch, 0)), read_gguf(tiny_f32(arch, 8))
@@ -75,7 +75,7 @@ def test_tokenization_matches_hf(arch, tiny_f32, load_llama, hf_ids):
 
 
 def test_amb_defaults_written_and_read_by_runtime(tiny_f32, load_llama, tmp_path):
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
     from pace_gguf.convert.pipeline import ConvertOptions, convert
 
     out = tmp_path / "amb.gguf"
@@ -118,7 +118,7 @@ QUANT_TOL = {"F16": 0.05, "BF16": 0.3, "Q8_0": 1.3, "Q6_K": 1.3, "Q5_K_M": 4.0, 
 @pytest.mark.parametrize("quant", list(QUANT_TOL))
 def test_quantized_outputs_load_and_track_f32(quant, tiny_f32, load_llama, llama_f32_ref, tmp_path):
     """GGUF input path: F32 (no CE) -> CE + quantize. Logits stay close to F32's."""
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
     from pace_gguf.convert.pipeline import ConvertOptions, convert
     from pace_gguf.convert.quantize import FLOAT_TARGETS
 
@@ -140,7 +140,7 @@ def test_quantized_outputs_load_and_track_f32(quant, tiny_f32, load_llama, llama
 
 
 def test_imatrix_is_permuted_and_used(tiny_f32, tmp_path):
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
     from pace_gguf.convert.imatrix import load_imatrix, permute_imatrix, save_legacy
     from pace_gguf.convert.pipeline import ConvertOptions, convert
 
@@ -163,7 +163,7 @@ def test_imatrix_is_permuted_and_used(tiny_f32, tmp_path):
 
 def test_reorder_refuses_quantized_down_unless_requantize(tiny_f32, load_llama, tmp_path, capsys):
     from pace_gguf.cli import main
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
 
     q8 = tmp_path / "q8.gguf"
     assert main(["convert", str(tiny_f32("qwen2", 0)), "-o", str(q8), "--quant", "Q8_0", "--experts", "0", "--no-progress"]) == 0

@@ -57,7 +57,7 @@ def _logits(load_llama, path):
 
 @pytest.mark.parametrize("quant", list(QUANT_TOL))
 def test_kquants_are_used_and_track_f32_with_and_without_ce(quant, wide_f32, quantized, load_llama):
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
 
     ref = _logits(load_llama, wide_f32)
     for experts in (0, 16):
@@ -73,7 +73,7 @@ def test_ce_moves_quantized_gate_and_up_rows_unchanged(quantized):
     """Q4_K_M with CE = Q4_K_M without CE with gate/up rows permuted, byte for byte; ffn_down's
     columns share blocks with other neurons after CE, so its bytes differ (that is the open question
     benchmarks/ce_quant_quality.py measures)."""
-    from pace_gguf.convert.gguf_stream import read_gguf
+    from pace_gguf.gguf_file import read_gguf
 
     plain, ce = read_gguf(quantized("Q4_K_M", 0)), read_gguf(quantized("Q4_K_M", 16))
     assert ce.kv["pace.ce.experts"] == 16

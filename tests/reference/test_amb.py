@@ -89,7 +89,7 @@ def test_bf16_low_rows_keep_exact_bits():
 
 
 def test_alpha_zero_never_changes_output_but_bank_updates():
-    bank = ActivationMemoryBank(AmbConfig(bank_size=6, fusion_alpha=0.0, store_chunk=5))
+    bank = ActivationMemoryBank(AmbConfig(bank_size=6, alpha=0.0, chunk=5))
     before = None
     for x in clustered_stream():
         assert torch.equal(bank(x), x)
@@ -105,8 +105,8 @@ def test_alpha_zero_never_changes_output_but_bank_updates():
 
 def test_retrieval_is_read_only_and_outputs_ignore_the_store():
     stream = clustered_stream()
-    a = ActivationMemoryBank(AmbConfig(bank_size=6, store_chunk=4))
-    b = ActivationMemoryBank(AmbConfig(bank_size=6, store_chunk=1024))
+    a = ActivationMemoryBank(AmbConfig(bank_size=6, chunk=4))
+    b = ActivationMemoryBank(AmbConfig(bank_size=6, chunk=1024))
     for x in stream[:3]:
         a(x)
     b.load_snapshot(a.snapshot())
@@ -125,7 +125,7 @@ def test_retrieve_chunk_has_no_effect():
     stream = clustered_stream(seed=3)
     outs = []
     for rc in (1, 5, 1024):
-        bank = ActivationMemoryBank(AmbConfig(bank_size=6, store_chunk=7, retrieve_chunk=rc))
+        bank = ActivationMemoryBank(AmbConfig(bank_size=6, chunk=7, retrieve_chunk=rc))
         outs.append([bank(x) for x in stream] + [bank.snapshot()])
     for other in outs[1:]:
         for o1, o2 in zip(outs[0][:-1], other[:-1]):
@@ -135,11 +135,11 @@ def test_retrieve_chunk_has_no_effect():
 
 def test_store_chunk_changes_the_bank_in_a_known_way():
     rows = torch.eye(D)[:8] * 3.0                     # 8 mutually orthogonal rows
-    whole = ActivationMemoryBank(AmbConfig(bank_size=4, store_chunk=8), d_ff=D)
+    whole = ActivationMemoryBank(AmbConfig(bank_size=4, chunk=8), d_ff=D)
     whole.store(rows, rows)
     # One chunk against an empty bank: replaced as a whole, the first 4 rows win.
     assert torch.equal(whole.state.keys, rows[:4])
-    halves = ActivationMemoryBank(AmbConfig(bank_size=4, store_chunk=4), d_ff=D)
+    halves = ActivationMemoryBank(AmbConfig(bank_size=4, chunk=4), d_ff=D)
     halves.store(rows, rows)
     # Second chunk sees the first: orthogonal -> low -> evicts the u=1 slots in index order.
     assert torch.equal(halves.state.keys, rows[4:])
@@ -149,7 +149,7 @@ def test_store_chunk_changes_the_bank_in_a_known_way():
 
 @pytest.mark.parametrize("n", [3, 5, 9])
 def test_seeding_an_empty_bank(n):
-    bank = ActivationMemoryBank(AmbConfig(bank_size=5, store_chunk=1024))
+    bank = ActivationMemoryBank(AmbConfig(bank_size=5, chunk=1024))
     x = torch.randn(n, D)
     out = bank(x)
     k = min(n, 5)
@@ -212,7 +212,7 @@ def test_thresholds_are_strict():
 def test_zero_query_and_zero_key_have_similarity_zero():
     keys = torch.stack([basis(0), torch.zeros(D)])
     values = torch.randn(2, D)
-    bank = make_bank(keys, values, theta_low=0.0, theta_high=0.5, topk=1, negative_topk=1)
+    bank = make_bank(keys, values, theta_low=0.0, theta_high=0.5, topk=1, negk=1)
     out, cases = bank.retrieve(torch.zeros(1, D))
     assert cases.tolist() == [LOW] and torch.equal(out, torch.zeros(1, D))
     # The zero key has similarity 0 (not NaN): a query along e_0 is high, its least similar slot
@@ -224,7 +224,7 @@ def test_zero_query_and_zero_key_have_similarity_zero():
 
 
 def test_paper_semantics_coefficients():
-    bank, v = hand_bank(semantics="paper", fusion_alpha=0.2)
+    bank, v = hand_bank(mode="paper", alpha=0.2)
     hi = basis(0)[None]
     mid = (0.5 * basis(0) + math.sqrt(0.75) * basis(9))[None]
     p, q = v[[0, 1, 2, 3, 4]].mean(0), v[[1, 2]].mean(0)
@@ -250,7 +250,7 @@ def test_partial_bank_clamps_k_unless_legacy_zero_slots():
 
 
 def test_negative_topk_zero_drops_the_negative_term():
-    bank, v = hand_bank(negative_topk=0)
+    bank, v = hand_bank(negk=0)
     x = basis(0)[None]
     out, _ = bank.retrieve(x)
     assert torch.allclose(out, 0.8 * x + 0.2 * v[:5].mean(0), atol=1e-6)
@@ -278,7 +278,7 @@ def test_merge_rule_code_semantics():
 def test_merge_rule_paper_semantics():
     keys = torch.eye(D)[:10]
     values = torch.randn(10, D)
-    bank = make_bank(keys, values, semantics="paper")
+    bank = make_bank(keys, values, mode="paper")
     rows = torch.stack([unit(basis(0, 1, 2, 3, 4)), unit(basis(2, 3, 4, 5, 6))])
     bank.store(rows, torch.randn(2, D))
     union = list(range(7))
@@ -297,8 +297,8 @@ def test_store_decides_on_mean_of_top_k_not_max():
 
 def test_high_rows_change_nothing_in_code_but_count_usage_in_paper():
     keys = torch.eye(D)[:6]
-    for semantics, expected_usage in (("code", [1.0] * 6), ("paper", [2, 2, 1, 1, 1, 1])):
-        bank = make_bank(keys.clone(), torch.randn(6, D), store_topk=1, semantics=semantics)
+    for mode, expected_usage in (("code", [1.0] * 6), ("paper", [2, 2, 1, 1, 1, 1])):
+        bank = make_bank(keys.clone(), torch.randn(6, D), store_topk=1, mode=mode)
         before = bank.snapshot()
         # Top-1 slots {0}, {1}, {0}: paper adds 1 per slot of the union, once per chunk.
         labels = bank.store(torch.stack([basis(0), basis(1), 2 * basis(0)]), torch.randn(3, D))
@@ -352,10 +352,9 @@ def test_merge_happens_before_replacement():
 
 @settings(max_examples=15, deadline=None)
 @given(seed=st.integers(0, 10_000), bank_size=st.integers(1, 9), chunk=st.integers(1, 12),
-       semantics=st.sampled_from(["code", "paper"]))
-def test_invariants_over_a_random_stream(seed, bank_size, chunk, semantics):
-    bank = ActivationMemoryBank(AmbConfig(bank_size=bank_size, store_chunk=chunk,
-                                          semantics=semantics))
+       mode=st.sampled_from(["code", "paper"]))
+def test_invariants_over_a_random_stream(seed, bank_size, chunk, mode):
+    bank = ActivationMemoryBank(AmbConfig(bank_size=bank_size, chunk=chunk, mode=mode))
     prev = None
     # One store chunk per forward, so "u grew or was reset to 1" can be checked per forward.
     for x in clustered_stream(n_forwards=6, size=chunk, seed=seed):
@@ -387,7 +386,7 @@ def test_high_only_stream_leaves_bank_unchanged():
 
 def test_same_document_twice_with_and_without_reset():
     doc = clustered_stream(seed=7)
-    bank = ActivationMemoryBank(AmbConfig(bank_size=6, store_chunk=5))
+    bank = ActivationMemoryBank(AmbConfig(bank_size=6, chunk=5))
     first = [bank(x) for x in doc]
     bank.reset()
     second = [bank(x) for x in doc]
@@ -420,7 +419,7 @@ def test_non_finite_rows_are_never_stored():
 # ---------------------------------------------------------------------- counters and snapshots
 
 def test_counters_and_snapshot_round_trip():
-    bank = ActivationMemoryBank(AmbConfig(bank_size=6, store_chunk=5))
+    bank = ActivationMemoryBank(AmbConfig(bank_size=6, chunk=5))
     stream = clustered_stream(seed=11)
     for x in stream:
         bank(x)
@@ -447,7 +446,7 @@ def test_snapshot_is_a_copy():
 
 @pytest.mark.parametrize("splits", [[50], [7, 20, 3, 20], [16, 16, 16, 2], [1] * 50])
 def test_prompt_granularity_equals_one_forward(splits):
-    cfg = AmbConfig(bank_size=6, store_chunk=16)
+    cfg = AmbConfig(bank_size=6, chunk=16)
     warm = clustered_stream(n_forwards=2, size=10, seed=5)
     prompt = torch.cat(clustered_stream(n_forwards=5, size=10, seed=6))
     ref = ActivationMemoryBank(cfg)
@@ -470,7 +469,7 @@ def test_prompt_granularity_equals_one_forward(splits):
 
 
 def test_ubatch_granularity_differs_from_one_forward():
-    cfg = AmbConfig(bank_size=6, store_chunk=16)
+    cfg = AmbConfig(bank_size=6, chunk=16)
     prompt = torch.cat(clustered_stream(n_forwards=5, size=10, seed=6))
     ref, split = ActivationMemoryBank(cfg), ActivationMemoryBank(cfg)
     ref_out = ref(prompt)

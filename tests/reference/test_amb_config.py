@@ -14,22 +14,22 @@ from pace_gguf.reference import ActivationMemoryBank, AmbConfig  # noqa: E402
     ({"bank_size": 2.5}, "bank_size"),
     ({"topk": 0}, "topk"),
     ({"topk": True}, "topk"),
-    ({"negative_topk": -1}, "negative_topk"),
+    ({"negk": -1}, "negk"),
     ({"store_topk": 0}, "store_topk"),
-    ({"store_chunk": 0}, "store_chunk"),
+    ({"chunk": 0}, "chunk"),
     ({"retrieve_chunk": -3}, "retrieve_chunk"),
     ({"theta_high": 0.2, "theta_low": 0.3}, "theta_low"),
     ({"theta_high": 1.5}, "theta_high"),
     ({"theta_low": -0.1}, "theta_low"),
     ({"theta_low": math.nan}, "theta_low"),
-    ({"fusion_alpha": 1.2}, "fusion_alpha"),
-    ({"fusion_alpha": -0.01}, "fusion_alpha"),
+    ({"alpha": 1.2}, "alpha"),
+    ({"alpha": -0.01}, "alpha"),
     ({"momentum": 1.01}, "momentum"),
-    ({"high_weight": math.inf}, "high_weight"),
-    ({"mid_weight": "0.5"}, "mid_weight"),
+    ({"w_high": math.inf}, "w_high"),
+    ({"w_mid": "0.5"}, "w_mid"),
     ({"negative_weight": math.nan}, "negative_weight"),
     ({"eps": 0.0}, "eps"),
-    ({"semantics": "legacy"}, "semantics"),
+    ({"mode": "legacy"}, "mode"),
     ({"legacy_zero_slots": 1}, "legacy_zero_slots"),
     ({"legacy_keep_last": "yes"}, "legacy_keep_last"),
 ])
@@ -39,12 +39,12 @@ def test_bad_config_names_parameter(kwargs, name):
 
 
 def test_edge_values_accepted():
-    AmbConfig(theta_high=0.5, theta_low=0.5, fusion_alpha=0.0, momentum=1.0, negative_topk=0)
-    AmbConfig(theta_high=1.0, theta_low=0.0, fusion_alpha=1.0, semantics="paper")
+    AmbConfig(theta_high=0.5, theta_low=0.5, alpha=0.0, momentum=1.0, negk=0)
+    AmbConfig(theta_high=1.0, theta_low=0.0, alpha=1.0, mode="paper")
 
 
 def test_from_dict_round_trip_and_unknown_key():
-    cfg = AmbConfig(bank_size=7, semantics="paper", legacy_keep_last=True)
+    cfg = AmbConfig(bank_size=7, mode="paper", legacy_keep_last=True)
     assert AmbConfig.from_dict(cfg.to_dict()) == cfg
     with pytest.raises(ValueError, match="bogus"):
         AmbConfig.from_dict({"bogus": 1})

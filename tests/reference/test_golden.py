@@ -61,7 +61,7 @@ def test_dump_matches_live_banks_and_is_reproducible(dump, tmp_path):
 
 
 def test_prompt_granularity_dump_flushes_at_the_end(tmp_path):
-    cfg = AmbConfig(bank_size=8, store_chunk=16)
+    cfg = AmbConfig(bank_size=8, chunk=16)
     arrays = golden.write_golden(tmp_path / "p.npz", forward_sizes=[10, 10, 5], layers=[1],
                                  config=cfg, granularity="prompt")
     stored = [arrays[f"L1_F{f}_store_cases"].size for f in range(3)]
@@ -72,7 +72,7 @@ def test_prompt_granularity_dump_flushes_at_the_end(tmp_path):
 def test_cli(tmp_path, capsys):
     out = tmp_path / "cli.npz"
     rc = golden.main(["--out", str(out), "--arch", "llama", "--forward-sizes", "8,4,1",
-                      "--layers", "1", "--config-json", '{"bank_size": 4, "store_chunk": 8}'])
+                      "--layers", "1", "--config-json", '{"bank_size": 4, "chunk": 8}'])
     assert rc == 0 and "wrote" in capsys.readouterr().out
     data = np.load(out)
     assert data["L1_F2_keys"].shape[0] == 4 and "L0_F0_cases" not in data.files

@@ -16,7 +16,7 @@ from pace_gguf.reference import (  # noqa: E402
 from pace_gguf.reference.golden import build_tiny_model  # noqa: E402
 
 N_EXPERTS = 8
-CFG = AmbConfig(bank_size=8, store_chunk=16)
+CFG = AmbConfig(bank_size=8, chunk=16)
 ARCHS = ["qwen2", "llama"]
 
 
