@@ -79,38 +79,34 @@ _COUNT_LIMITS = {"block_count": 512, "expert_count": 1024}
 _SCALARS = GGUFReader.gguf_scalar_to_np
 
 
-def _check_counts(lib: SimpleNamespace, ctx, path: Path, arch: str) -> None:
+def _check_counts(source: GGUFFile, arch: str) -> None:
     for name, limit in _COUNT_LIMITS.items():
-        key = lib.gguf_find_key(ctx, f"{arch}.{name}".encode())
-        value = _value(lib, ctx, key) if key >= 0 else None
+        value = source.kv.get(f"{arch}.{name}")
         if not isinstance(value, int) or isinstance(value, bool):
             continue  # absent, or not an integer: llama.cpp reports that itself
         if not 0 <= value <= limit:
-            raise ModelFileError(f"{path} is not a usable model: {arch}.{name} is {value}, "
+            raise ModelFileError(f"{source.path} is not a usable model: {arch}.{name} is {value}, "
                                  f"llama.cpp supports at most {limit}")
 
 
+def _check_complete(source: GGUFFile) -> int:
+    """The file's size; ModelFileError if it is shorter than its tensors."""
+    size = source.path.stat().st_size
+    need = max((source.data_start + t.offset + t.nbytes for t in source.tensors), default=source.data_start)
+    if size < need:
+        raise ModelFileError(f"{source.path} is truncated: its tensors need {need:,} bytes but the file has {size:,}")
+    return size
+
+
 def check_gguf(path: str | Path) -> GGUFSummary:
-    """Validate that `path` is a complete GGUF file; raise ModelFileError otherwise."""
-    path = Path(path).expanduser()
-    magic = _read_magic(path)
-    if magic != GGUF_MAGIC:
-        raise ModelFileError(f"{path} is not a GGUF file (it starts with {magic!r}, expected {GGUF_MAGIC!r})")
-    lib = _bindings.api()
-    with gguf_header(path) as ctx:
-        n_tensors = lib.gguf_get_n_tensors(ctx)
-        data = lib.gguf_get_data_offset(ctx)
-        needed = max((data + lib.gguf_get_tensor_offset(ctx, i) + lib.gguf_get_tensor_size(ctx, i)
-                      for i in range(n_tensors)), default=data)
-        key = lib.gguf_find_key(ctx, b"general.architecture")
-        is_str = key >= 0 and lib.gguf_get_kv_type(ctx, key) == GGUFValueType.STRING  # ggml aborts on a type mismatch
-        arch = lib.gguf_get_val_str(ctx, key).decode() if is_str else None
-        if arch is not None:
-            _check_counts(lib, ctx, path, arch)
-    size = path.stat().st_size
-    if size < needed:
-        raise ModelFileError(f"{path} is truncated: its tensors need {needed:,} bytes but the file has {size:,}")
-    return GGUFSummary(path=path, size=size, n_tensors=n_tensors, architecture=arch)
+    """Validate that `path` is a complete GGUF file llama.cpp can open; raise ModelFileError otherwise."""
+    source = read_gguf_header(path)
+    arch = source.kv.get("general.architecture")
+    arch = arch if isinstance(arch, str) else None
+    if arch is not None:
+        _check_counts(source, arch)
+    size = _check_complete(source)
+    return GGUFSummary(path=source.path, size=size, n_tensors=len(source.tensors), architecture=arch)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -159,9 +155,9 @@ class StringArray(Sequence):
         return items
 
 
-def _value(lib: SimpleNamespace, ctx, key: int, path: Path | None = None):
-    """Key `key`'s value as Python: int, float, bool, str, or a list of these (a StringArray
-    decoded on first use if `path` is given)."""
+def _value(lib: SimpleNamespace, ctx, key: int, path: Path):
+    """Key `key`'s value as Python: int, float, bool, str, a list of numbers, or a StringArray
+    (decoded from `path` on first use)."""
     kind = lib.gguf_get_kv_type(ctx, key)
     if kind == GGUFValueType.STRING:
         return _text(lib.gguf_get_val_str(ctx, key))
@@ -169,7 +165,7 @@ def _value(lib: SimpleNamespace, ctx, key: int, path: Path | None = None):
         return _scalars(lib.gguf_get_val_data(ctx, key), kind, 1)[0].item()
     n, item = lib.gguf_get_arr_n(ctx, key), lib.gguf_get_arr_type(ctx, key)
     if item == GGUFValueType.STRING:
-        return StringArray(path, _text(lib.gguf_get_key(ctx, key)), n) if path else _strings(lib, ctx, key)
+        return StringArray(path, _text(lib.gguf_get_key(ctx, key)), n)
     return _scalars(lib.gguf_get_arr_data(ctx, key), item, n).tolist() if n else []
 
 
@@ -242,10 +238,7 @@ def read_gguf_header(path: str | Path) -> GGUFFile:
 def read_gguf(path: str | Path) -> GGUFFile:
     """read_gguf_header, and a ModelFileError if the file is shorter than its tensors."""
     source = read_gguf_header(path)
-    size = source.path.stat().st_size
-    need = max((source.data_start + t.offset + t.nbytes for t in source.tensors), default=source.data_start)
-    if size < need:
-        raise ModelFileError(f"{source.path} is truncated: its tensors need {need:,} bytes but the file has {size:,}")
+    _check_complete(source)
     return source
 
 
