@@ -98,8 +98,10 @@ class ModelShape:
 def _ints(kv: dict, name: str) -> list[int] | None:
     """An integer key, or an integer array (per-layer values), as a list; None when absent or not integers."""
     value = kv.get(name)
+    if value is None:
+        return None
     values = value if isinstance(value, list) else [value]
-    return values if all(isinstance(v, int) and not isinstance(v, bool) for v in values) and value is not None else None
+    return values if all(isinstance(v, int) and not isinstance(v, bool) for v in values) else None
 
 
 def _per_layer(values: list[int] | None, n_layer: int, default: list[int] | None, what: str, path: Path) -> list[int]:
@@ -117,16 +119,15 @@ def _per_layer(values: list[int] | None, n_layer: int, default: list[int] | None
 
 def read_shape(path: str | Path) -> ModelShape:
     """The model's shape from its GGUF header; the tensor data is never read. A missing, foreign or
-    truncated file raises check_gguf's ModelFileError."""
-    summary = gguf_file.check_gguf(path)
-    path, arch = summary.path, summary.architecture
-    if arch is None:
-        raise ModelFileError(f"{path} is not a model llama.cpp can run: its header has no general.architecture")
-    return _shape(gguf_file.read_gguf_header(path), arch)
+    truncated file raises gguf_file.read_model's ModelFileError."""
+    header = gguf_file.read_model(path)
+    if header.architecture is None:
+        raise ModelFileError(f"{header.path} is not a model llama.cpp can run: its header has no general.architecture")
+    return _shape(header)
 
 
-def _shape(header: gguf_file.GGUFFile, arch: str) -> ModelShape:
-    kv, path = header.kv, header.path
+def _shape(header: gguf_file.GGUFFile) -> ModelShape:
+    kv, path, arch = header.kv, header.path, header.architecture
 
     def one(name: str, default: int | None = None) -> int:
         key = f"{arch}.{name}"

@@ -79,9 +79,10 @@ _COUNT_LIMITS = {"block_count": 512, "expert_count": 1024}
 _SCALARS = GGUFReader.gguf_scalar_to_np
 
 
-def _check_counts(source: GGUFFile, arch: str) -> None:
+def _check_counts(source: GGUFFile) -> None:
+    arch = source.architecture
     for name, limit in _COUNT_LIMITS.items():
-        value = source.kv.get(f"{arch}.{name}")
+        value = source.kv.get(f"{arch}.{name}") if arch else None
         if not isinstance(value, int) or isinstance(value, bool):
             continue  # absent, or not an integer: llama.cpp reports that itself
         if not 0 <= value <= limit:
@@ -98,15 +99,20 @@ def _check_complete(source: GGUFFile) -> int:
     return size
 
 
+def read_model(path: str | Path) -> GGUFFile:
+    """The header of a GGUF file llama.cpp can open: complete, with no layer or expert count that
+    llama.cpp would assert on; ModelFileError otherwise."""
+    source = read_gguf_header(path)
+    _check_counts(source)
+    _check_complete(source)
+    return source
+
+
 def check_gguf(path: str | Path) -> GGUFSummary:
     """Validate that `path` is a complete GGUF file llama.cpp can open; raise ModelFileError otherwise."""
-    source = read_gguf_header(path)
-    arch = source.kv.get("general.architecture")
-    arch = arch if isinstance(arch, str) else None
-    if arch is not None:
-        _check_counts(source, arch)
-    size = _check_complete(source)
-    return GGUFSummary(path=source.path, size=size, n_tensors=len(source.tensors), architecture=arch)
+    source = read_model(path)
+    return GGUFSummary(path=source.path, size=source.path.stat().st_size, n_tensors=len(source.tensors),
+                       architecture=source.architecture)
 
 
 # ------------------------------------------------------------------------------------- reading
@@ -192,6 +198,11 @@ class GGUFFile:
 
     def tensor(self, name: str) -> TensorInfo | None:
         return self._by_name.get(name)
+
+    @property
+    def architecture(self) -> str | None:
+        arch = self.kv.get("general.architecture")
+        return arch if isinstance(arch, str) else None
 
     def raw(self, t: TensorInfo) -> np.ndarray:
         """The tensor's bytes, read into a fresh buffer (freed when the caller drops it).
