@@ -36,13 +36,29 @@ struct amb_layer {
     ggml_tensor * pend      = nullptr; // f32 [n_ff, 2*chunk, S], prompt granularity only
 };
 
-// Everything a configuration allocates; built whole, then swapped in (all or nothing).
+// Everything a configuration allocates; built whole, then swapped in (all or nothing). Each layer's
+// tensors live where the op will run: on the layer's device when that device's backend runs
+// GGML_OP_AMB (the CPU, or an RPC server), else in host memory next to the CPU kernel. One buffer
+// per buffer type, marked as weights so that the scheduler runs each op where its bank is.
 struct amb_banks {
-    llama_pace_amb_params   params;
-    std::vector<amb_layer>  layers;      // ascending il
-    std::vector<int32_t>    layer_index; // il -> index in layers, or -1
-    ggml_context_ptr        ctx;
-    ggml_backend_buffer_ptr buf;
+    llama_pace_amb_params                params;
+    std::vector<amb_layer>               layers;      // ascending il
+    std::vector<int32_t>                 layer_index; // il -> index in layers, or -1
+    std::vector<ggml_context_ptr>        ctxs;        // one per buffer type
+    std::vector<ggml_backend_buffer_ptr> bufs;
+};
+
+// One sequence of one AMB layer, copied to the host (layout: pace-amb-layout.h). The parts not asked
+// for stay empty.
+struct amb_host_seq {
+    enum part : int { STATE = 1, META = 2, BANK = 4, ALL = 7 };
+    std::vector<float>   bank;  // keys then values, [2M x n_ff]
+    std::vector<float>   meta;  // usage, valid, knorm [3M]
+    std::vector<int32_t> state; // header, then the case log
+
+    pace_amb::bank_view view(int64_t n_ff, int32_t M) { return pace_amb::bank_view_at(bank.data(), meta.data(), n_ff, M); }
+    int32_t * header() { return state.data(); }
+    int32_t * case_log() { return state.data() + GGML_AMB_STATE_HEADER; }
 };
 
 struct llama_pace_amb {
@@ -86,10 +102,12 @@ struct llama_pace_amb {
 
     bool valid_seq(llama_seq_id s) const { return s >= 0 && (uint32_t) s < n_seq; }
     size_t seq_bytes(const ggml_tensor * t) const;
-    // One sequence's parts of a layer's tensors (layout: pace-amb-layout.h).
-    int32_t * state_of(const amb_layer & l, llama_seq_id s) const;
-    int32_t * case_log_of(const amb_layer & l, llama_seq_id s) const;
-    pace_amb::bank_view view(const amb_layer & l, llama_seq_id s) const;
+    // Host access to one sequence's share of a per-sequence tensor, wherever the banks live
+    // (ggml_backend_tensor_get/set: a memcpy in host memory, a transfer from a device).
+    void read_seq(const ggml_tensor * t, llama_seq_id s, void * dst) const;
+    void write_seq(ggml_tensor * t, llama_seq_id s, const void * src) const;
+    amb_host_seq load(const amb_layer & l, llama_seq_id s, int parts) const;
+    void save(const amb_layer & l, llama_seq_id s, const amb_host_seq & h, int parts) const;
 
     void reset(llama_seq_id s);                       // s < 0: all sequences
     void invalidate(llama_seq_id s, const char * why); // reset, counted and logged

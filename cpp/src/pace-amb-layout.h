@@ -52,9 +52,12 @@ struct pending_rows {
     float * vals;
 };
 
+inline pending_rows pending_at(float * rows, int64_t n_ff, int64_t chunk) {
+    return pending_rows{rows, rows + chunk * n_ff};
+}
+
 inline pending_rows pending_of(const ggml_tensor * pend, int64_t seq) {
-    float * keys = (float *) ((char *) pend->data + seq * pend->nb[2]);
-    return pending_rows{keys, keys + (pend->ne[1] / 2) * pend->ne[0]};
+    return pending_at((float *) ((char *) pend->data + seq * pend->nb[2]), pend->ne[0], pend->ne[1] / 2);
 }
 
 } // namespace

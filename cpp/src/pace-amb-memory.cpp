@@ -74,8 +74,8 @@ public:
 
     std::map<ggml_backend_buffer_type_t, size_t> memory_breakdown() const override {
         auto out = inner->memory_breakdown();
-        if (amb->banks.buf) {
-            out[ggml_backend_buffer_get_type(amb->banks.buf.get())] += amb->memory_size();
+        for (const auto & buf : amb->banks.bufs) {
+            out[ggml_backend_buffer_get_type(buf.get())] += ggml_backend_buffer_get_size(buf.get());
         }
         return out;
     }
@@ -136,11 +136,6 @@ std::vector<llama_seq_id> section_seqs(const llama_pace_amb & amb, llama_seq_id 
     return out;
 }
 
-// One sequence's share of a per-sequence tensor.
-const char * slice(const llama_pace_amb & amb, const ggml_tensor * t, llama_seq_id s) {
-    return (const char *) t->data + amb.seq_bytes(t) * s;
-}
-
 } // namespace
 
 void llama_pace_amb_state_write(const llama_pace_amb * amb, llama_io_write_i & io, llama_seq_id seq_id) {
@@ -161,14 +156,13 @@ void llama_pace_amb_state_write(const llama_pace_amb * amb, llama_io_write_i & i
     }
     for (const auto & l : amb->banks.layers) {
         for (llama_seq_id s : seqs) {
-            io.write(slice(*amb, l.bank, s), amb->seq_bytes(l.bank));
-            io.write(slice(*amb, l.meta, s), amb->seq_bytes(l.meta));
+            amb_host_seq h = amb->load(l, s, amb_host_seq::ALL);
+            io.write(h.bank.data(), h.bank.size() * sizeof(float));
+            io.write(h.meta.data(), h.meta.size() * sizeof(float));
             // The rows a failed decode left buffered are never saved: the header says none are pending.
-            std::vector<int32_t> st(amb->seq_bytes(l.state) / sizeof(int32_t));
-            std::memcpy(st.data(), slice(*amb, l.state, s), amb->seq_bytes(l.state));
-            st[ST_N_PENDING] = 0;
-            st[ST_FLAGS] = 0;
-            io.write(st.data(), st.size() * sizeof(int32_t));
+            h.header()[ST_N_PENDING] = 0;
+            h.header()[ST_FLAGS] = 0;
+            io.write(h.state.data(), h.state.size() * sizeof(int32_t));
         }
     }
     for (llama_seq_id s : seqs) {
@@ -183,16 +177,10 @@ namespace {
     throw std::runtime_error("the AMB section of the state is corrupt: " + what);
 }
 
-// One (layer, sequence) of a state being read, checked before it is used.
-struct staged_bank {
-    std::vector<float>   bank;  // keys then values, [2M x n_ff]
-    std::vector<float>   meta;  // usage, valid, knorm [3M]
-    std::vector<int32_t> state; // header + case log
-};
-
-void check_bank(const llama_pace_amb & amb, const amb_layer & l, staged_bank & b) {
+// Checks one (layer, sequence) of a state being read before it is used.
+void check_bank(const llama_pace_amb & amb, const amb_layer & l, amb_host_seq & b) {
     const int32_t M = amb.params().bank_size;
-    const bank_view bv = bank_view_at(b.bank.data(), b.meta.data(), l.n_ff, M);
+    const bank_view bv = b.view(l.n_ff, M);
     for (int32_t j = 0; j < M; ++j) {
         if (bv.valid[j] != 0.0f && bv.valid[j] != 1.0f) {
             corrupt(format("layer %d slot %d: valid flag %g", l.il, j, bv.valid[j]));
@@ -270,10 +258,10 @@ void state_read_checked(llama_pace_amb * amb, llama_io_read_i & io, llama_seq_id
     if (n_seq == 0) {
         return;
     }
-    std::vector<staged_bank> staged;
+    std::vector<amb_host_seq> staged;
     for (const auto & l : amb->banks.layers) {
         for (size_t i = 0; i < seqs.size(); ++i) {
-            staged_bank b;
+            amb_host_seq b;
             b.bank.resize(amb->seq_bytes(l.bank) / sizeof(float));
             b.meta.resize(amb->seq_bytes(l.meta) / sizeof(float));
             b.state.resize(amb->seq_bytes(l.state) / sizeof(int32_t));
@@ -297,10 +285,7 @@ void state_read_checked(llama_pace_amb * amb, llama_io_read_i & io, llama_seq_id
     size_t k = 0;
     for (const auto & l : amb->banks.layers) {
         for (llama_seq_id s : seqs) {
-            const staged_bank & b = staged[k++];
-            std::memcpy((char *) l.bank->data + amb->seq_bytes(l.bank) * s, b.bank.data(), amb->seq_bytes(l.bank));
-            std::memcpy((char *) l.meta->data + amb->seq_bytes(l.meta) * s, b.meta.data(), amb->seq_bytes(l.meta));
-            std::memcpy((char *) l.state->data + amb->seq_bytes(l.state) * s, b.state.data(), amb->seq_bytes(l.state));
+            amb->save(l, s, staged[k++], amb_host_seq::ALL);
         }
     }
     for (size_t i = 0; i < seqs.size(); ++i) {

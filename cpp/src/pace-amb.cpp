@@ -3,8 +3,9 @@
 // * configuration: the model's pace.amb.* GGUF keys (AMB off when absent or invalid), overridable
 //   per context through llama_pace_amb_set_params(); invalid values are rejected, never clamped, and
 //   a reconfiguration is all or nothing;
-// * banks: one per (AMB layer, sequence), fp32, in a host buffer (the op has a CPU kernel; on a GPU
-//   build the scheduler runs it on the CPU next to its bank);
+// * banks: one per (AMB layer, sequence), fp32, on the layer's device when that device's backend
+//   runs GGML_OP_AMB (the CPU; an RPC server, whose CPU backend has the kernel), else in host memory,
+//   where the scheduler runs the op on the CPU next to its bank (GPU builds: see README, backends);
 // * graph: GGML_OP_AMB on the FFN activation of AMB layers (llama_pace_amb_build);
 // * lifecycle: sequence events arrive from the memory wrapper (pace-amb-memory.cpp).
 //
@@ -53,10 +54,17 @@ llama_pace_amb::llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32
     banks.layer_index.assign(model.hparams.n_layer(), -1);
 }
 
-pace_amb::hparams llama_pace_amb::hparams() const {
-    const auto & p = banks.params;
+namespace {
+
+pace_amb::hparams op_params(const llama_pace_amb_params & p) {
     return {p.theta_high, p.theta_low, p.alpha, p.w_high, p.w_mid, p.lambda, p.momentum,
             p.topk, p.negk, p.store_topk, p.chunk, p.mode};
+}
+
+} // namespace
+
+pace_amb::hparams llama_pace_amb::hparams() const {
+    return op_params(banks.params);
 }
 
 const amb_layer * llama_pace_amb::layer(int32_t il) const {
@@ -95,9 +103,33 @@ ggml_context_ptr new_tensor_context(size_t n_layers) {
     return ctx;
 }
 
-// Host memory: the op's kernel is the CPU one, which updates the bank in place.
-ggml_backend_buffer_type_t bank_buffer_type() {
+ggml_backend_buffer_type_t host_buffer_type() {
     return ggml_backend_dev_buffer_type(ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU));
+}
+
+// Whether `dev`'s backend runs GGML_OP_AMB on layer l's tensors: asked of the backend itself with
+// an op of the layer's shapes (one token).
+bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos) {
+    ggml_context_ptr ctx = new_tensor_context(2);
+    amb_layer probe{l.il, l.n_ff};
+    new_layer_tensors(ctx.get(), probe, p, n_seq, n_pos);
+    ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, 1);
+    ggml_tensor * tokens = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_I32, 2, 1);
+    ggml_tensor * out = ggml_amb(ctx.get(), a, tokens, probe.bank, probe.meta, probe.state,
+                                 probe.snap, probe.snap_meta, probe.pend, op_params(p));
+    return ggml_backend_dev_supports_op(dev, out);
+}
+
+// Where layer l's bank lives: on its device if that device runs the op, which then updates the bank
+// in place there; else in host memory, where the CPU kernel does (a bank on a device that cannot run
+// the op would be copied to the CPU for every ubatch, and the op's updates would go to the copy).
+ggml_backend_buffer_type_t bank_buffer_type(const llama_model & model, const amb_layer & l, const llama_pace_amb_params & p,
+                                            uint32_t n_seq, uint32_t n_pos) {
+    ggml_backend_dev_t dev = model.dev_layer(l.il);
+    if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU && device_runs_amb(dev, l, p, n_seq, n_pos)) {
+        return ggml_backend_dev_buffer_type(dev);
+    }
+    return host_buffer_type();
 }
 
 // Allocates zeroed banks for `p` (already validated); throws if the memory is not there.
@@ -114,18 +146,28 @@ amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & mo
         nb.layer_index[il] = (int32_t) nb.layers.size();
         nb.layers.push_back(amb_layer{il, (int64_t) model.hparams.n_ff(il)});
     }
-    nb.ctx = new_tensor_context(nb.layers.size());
+    std::vector<ggml_backend_buffer_type_t> bufts;
     for (auto & l : nb.layers) {
-        new_layer_tensors(nb.ctx.get(), l, p, n_seq, n_pos);
+        ggml_backend_buffer_type_t buft = bank_buffer_type(model, l, p, n_seq, n_pos);
+        const size_t i = std::find(bufts.begin(), bufts.end(), buft) - bufts.begin();
+        if (i == bufts.size()) {
+            bufts.push_back(buft);
+            nb.ctxs.push_back(new_tensor_context(nb.layers.size()));
+        }
+        new_layer_tensors(nb.ctxs[i].get(), l, p, n_seq, n_pos);
     }
-    nb.buf.reset(ggml_backend_alloc_ctx_tensors_from_buft(nb.ctx.get(), bank_buffer_type()));
-    if (!nb.buf) {
-        throw std::runtime_error(format("failed to allocate the activation memory bank (%d slots x %u sequence(s) on %zu layer(s))",
-                                        p.bank_size, n_seq, nb.layers.size()));
+    for (size_t i = 0; i < bufts.size(); ++i) {
+        ggml_backend_buffer_t buf = ggml_backend_alloc_ctx_tensors_from_buft(nb.ctxs[i].get(), bufts[i]);
+        if (!buf) {
+            throw std::runtime_error(format("failed to allocate the activation memory bank (%d slots x %u sequence(s) on %zu layer(s)) in %s",
+                                            p.bank_size, n_seq, nb.layers.size(), ggml_backend_buft_name(bufts[i])));
+        }
+        nb.bufs.emplace_back(buf);
+        ggml_backend_buffer_clear(buf, 0);
+        ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS); // the op runs where its bank is
+        LLAMA_LOG_INFO("%s: pace AMB bank %d x %u seq(s) in %s: %.2f MiB\n", __func__, p.bank_size, n_seq,
+                       ggml_backend_buft_name(bufts[i]), ggml_backend_buffer_get_size(buf) / 1024.0 / 1024.0);
     }
-    ggml_backend_buffer_clear(nb.buf.get(), 0);
-    LLAMA_LOG_INFO("%s: pace AMB on %zu layer(s), bank %d x %u seq(s), %.2f MiB\n", __func__, nb.layers.size(),
-                   p.bank_size, n_seq, ggml_backend_buffer_get_size(nb.buf.get()) / 1024.0 / 1024.0);
     return nb;
 }
 
@@ -147,23 +189,52 @@ void llama_pace_amb::configure(const llama_pace_amb_params & p) {
 }
 
 size_t llama_pace_amb::memory_size() const {
-    return banks.buf ? ggml_backend_buffer_get_size(banks.buf.get()) : 0;
+    size_t total = 0;
+    for (const auto & buf : banks.bufs) {
+        total += ggml_backend_buffer_get_size(buf.get());
+    }
+    return total;
 }
 
 size_t llama_pace_amb::seq_bytes(const ggml_tensor * t) const {
     return ggml_nbytes(t) / n_seq; // the sequence is always the last dimension
 }
 
-int32_t * llama_pace_amb::state_of(const amb_layer & l, llama_seq_id s) const {
-    return state_row(l.state, s);
+void llama_pace_amb::read_seq(const ggml_tensor * t, llama_seq_id s, void * dst) const {
+    ggml_backend_tensor_get(t, dst, seq_bytes(t) * s, seq_bytes(t));
 }
 
-int32_t * llama_pace_amb::case_log_of(const amb_layer & l, llama_seq_id s) const {
-    return case_log_row(l.state, s);
+void llama_pace_amb::write_seq(ggml_tensor * t, llama_seq_id s, const void * src) const {
+    ggml_backend_tensor_set(t, src, seq_bytes(t) * s, seq_bytes(t));
 }
 
-pace_amb::bank_view llama_pace_amb::view(const amb_layer & l, llama_seq_id s) const {
-    return bank_view_of(l.bank, l.meta, s);
+amb_host_seq llama_pace_amb::load(const amb_layer & l, llama_seq_id s, int parts) const {
+    amb_host_seq h;
+    if (parts & amb_host_seq::STATE) {
+        h.state.resize(seq_bytes(l.state) / sizeof(int32_t));
+        read_seq(l.state, s, h.state.data());
+    }
+    if (parts & amb_host_seq::META) {
+        h.meta.resize(seq_bytes(l.meta) / sizeof(float));
+        read_seq(l.meta, s, h.meta.data());
+    }
+    if (parts & amb_host_seq::BANK) {
+        h.bank.resize(seq_bytes(l.bank) / sizeof(float));
+        read_seq(l.bank, s, h.bank.data());
+    }
+    return h;
+}
+
+void llama_pace_amb::save(const amb_layer & l, llama_seq_id s, const amb_host_seq & h, int parts) const {
+    if (parts & amb_host_seq::STATE) {
+        write_seq(l.state, s, h.state.data());
+    }
+    if (parts & amb_host_seq::META) {
+        write_seq(l.meta, s, h.meta.data());
+    }
+    if (parts & amb_host_seq::BANK) {
+        write_seq(l.bank, s, h.bank.data());
+    }
 }
 
 void llama_pace_amb::reset(llama_seq_id s) {
@@ -179,7 +250,7 @@ void llama_pace_amb::reset(llama_seq_id s) {
     for (auto & l : banks.layers) {
         for (ggml_tensor * t : {l.bank, l.meta, l.state, l.snap, l.snap_meta, l.pend}) {
             if (t) {
-                std::memset((char *) t->data + seq_bytes(t) * s, 0, seq_bytes(t));
+                ggml_backend_tensor_memset(t, 0, seq_bytes(t) * s, seq_bytes(t));
             }
         }
     }
@@ -201,9 +272,7 @@ void llama_pace_amb::invalidate(llama_seq_id s, const char * why) {
 
 void llama_pace_amb::copy_seq(llama_seq_id src, llama_seq_id dst) {
     for (auto & l : banks.layers) {
-        for (ggml_tensor * t : {l.bank, l.meta, l.state}) {
-            std::memmove((char *) t->data + seq_bytes(t) * dst, (const char *) t->data + seq_bytes(t) * src, seq_bytes(t));
-        }
+        save(l, dst, load(l, src, amb_host_seq::ALL), amb_host_seq::ALL);
     }
     const int32_t inv = seqs[dst].n_invalidations;
     seqs[dst] = seqs[src];
@@ -255,21 +324,24 @@ void llama_pace_amb::flush_pending() {
     const auto hp = hparams();
     for (auto & l : banks.layers) {
         for (uint32_t s = 0; s < n_seq; ++s) {
-            int32_t * st = state_of(l, s);
-            const int32_t n = st[ST_N_PENDING];
+            amb_host_seq h = load(l, s, amb_host_seq::ALL); // once per multi-ubatch decode: copies are cheap here
+            const int32_t n = h.header()[ST_N_PENDING];
             GGML_ASSERT(n >= 0 && n < hp.chunk); // the kernel stores every full chunk; loaded states are checked
             if (n > 0) {
-                const pending_rows pend = pending_of(l.pend, s);
+                std::vector<float> rows(seq_bytes(l.pend) / sizeof(float));
+                read_seq(l.pend, s, rows.data());
+                const pending_rows pend = pending_at(rows.data(), l.n_ff, hp.chunk);
                 std::vector<const float *> X(n), O(n);
                 for (int32_t i = 0; i < n; ++i) {
                     X[i] = pend.keys + i * l.n_ff;
                     O[i] = pend.vals + i * l.n_ff;
                 }
-                auto b = view(l, s);
+                auto b = h.view(l.n_ff, banks.params.bank_size);
                 store_rows(hp, b, X.data(), O.data(), n);
             }
-            st[ST_N_PENDING] = 0;
-            st[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
+            h.header()[ST_N_PENDING] = 0;
+            h.header()[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
+            save(l, s, h, amb_host_seq::ALL);
         }
     }
     prompt_span_open = false;
@@ -279,9 +351,10 @@ void llama_pace_amb::flush_pending() {
 void llama_pace_amb::drop_pending() {
     for (auto & l : banks.layers) {
         for (uint32_t s = 0; s < n_seq; ++s) {
-            int32_t * st = state_of(l, s);
-            st[ST_N_PENDING] = 0;
-            st[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
+            amb_host_seq h = load(l, s, amb_host_seq::STATE);
+            h.header()[ST_N_PENDING] = 0;
+            h.header()[ST_FLAGS] &= ~FLAG_PROMPT_SPAN;
+            save(l, s, h, amb_host_seq::STATE);
         }
     }
     prompt_span_open = false;
@@ -373,13 +446,15 @@ void llama_pace_amb::on_evicted(llama_seq_id s, llama_pos p0, llama_pos p1) {
     const llama_pos n = p1 - p0;
     // The case log is per position: entries of the moved tokens move with them, the freed tail is cleared.
     for (auto & l : banks.layers) {
-        int32_t * log = case_log_of(l, s);
+        amb_host_seq h = load(l, s, amb_host_seq::STATE);
+        int32_t * log = h.case_log();
         const llama_pos end = (llama_pos) n_pos;
         if (p1 < end) {
             std::memmove(log + p0, log + p1, (size_t) (end - p1) * sizeof(int32_t));
         }
         const llama_pos tail = std::max(p0, end - n);
         std::memset(log + tail, 0, (size_t) (end - tail) * sizeof(int32_t));
+        save(l, s, h, amb_host_seq::STATE);
     }
     seq_info & si = seqs[s];
     if (si.empty() || si.pos_max < p0) {
@@ -492,10 +567,12 @@ void llama_pace_amb_decode_begin(llama_pace_amb * amb, uint32_t n_tokens, uint32
     }
     // Every ubatch of this batch retrieves against the banks as they are now.
     for (auto & l : amb->banks.layers) {
-        std::memcpy(l.snap->data, l.bank->data, ggml_nbytes(l.bank));
-        std::memcpy(l.snap_meta->data, l.meta->data, ggml_nbytes(l.meta));
+        ggml_backend_tensor_copy(l.bank, l.snap);
+        ggml_backend_tensor_copy(l.meta, l.snap_meta);
         for (uint32_t s = 0; s < amb->n_seq; ++s) {
-            amb->state_of(l, s)[ST_FLAGS] |= FLAG_PROMPT_SPAN;
+            amb_host_seq h = amb->load(l, s, amb_host_seq::STATE);
+            h.header()[ST_FLAGS] |= FLAG_PROMPT_SPAN;
+            amb->save(l, s, h, amb_host_seq::STATE);
         }
     }
     amb->prompt_span_open = true;
@@ -523,8 +600,8 @@ int32_t fail(const std::string & msg) {
     return -1;
 }
 
-// The bank owner of ctx, with the context's pending work finished (the banks are host memory that
-// a graph may still be writing).
+// The bank owner of ctx, with the context's pending work finished (a graph may still be writing the
+// banks).
 llama_pace_amb * synced_amb(const llama_context * ctx) {
     auto * lctx = const_cast<llama_context *>(ctx);
     llama_pace_amb * amb = lctx->get_pace_amb();
@@ -637,8 +714,9 @@ int32_t llama_pace_amb_get_stats(const struct llama_context * ctx, llama_seq_id 
     if (!amb->valid_seq(seq_id)) {
         return fail(format("seq_id %d is out of range [0, %u)", seq_id, amb->n_seq));
     }
-    const auto b = amb->view(*l, seq_id);
-    const int32_t * st = amb->state_of(*l, seq_id);
+    amb_host_seq h = amb->load(*l, seq_id, amb_host_seq::STATE | amb_host_seq::META);
+    const auto b = h.view(l->n_ff, amb->params().bank_size);
+    const int32_t * st = h.header();
     *out = {};
     out->bank_size = amb->params().bank_size;
     for (int32_t j = 0; j < b.M; ++j) {
@@ -660,7 +738,8 @@ int32_t llama_pace_amb_get_bank(const struct llama_context * ctx, llama_seq_id s
     if (!l || !amb->valid_seq(seq_id)) {
         return fail(format("no AMB bank for layer %d, seq_id %d", il, seq_id));
     }
-    const auto b = amb->view(*l, seq_id);
+    amb_host_seq h = amb->load(*l, seq_id, amb_host_seq::BANK | amb_host_seq::META);
+    const auto b = h.view(l->n_ff, amb->params().bank_size);
     const size_t kv = (size_t) b.M * b.n_ff * sizeof(float);
     if (keys)   { std::memcpy(keys, b.keys, kv); }
     if (values) { std::memcpy(values, b.vals, kv); }
@@ -677,7 +756,8 @@ int32_t llama_pace_amb_get_cases(const struct llama_context * ctx, llama_seq_id 
         return fail(format("no AMB bank for layer %d, seq_id %d", il, seq_id));
     }
     const int32_t n = std::max(0, std::min<int32_t>(n_pos, (int32_t) amb->n_pos));
-    const int32_t * log = amb->case_log_of(*l, seq_id);
+    amb_host_seq h = amb->load(*l, seq_id, amb_host_seq::STATE);
+    const int32_t * log = h.case_log();
     for (int32_t i = 0; i < n; ++i) {
         out[i] = case_from_log(log[i]); // a cleared entry reads as -1 (unknown)
     }
@@ -744,7 +824,7 @@ size_t llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, i
         new_layer_tensors(ctx.get(), l, *params, n_seq, n_pos);
         // what ggml_backend_alloc_ctx_tensors_from_buft takes for these tensors: each one's
         // allocation size, padded to the buffer type's alignment
-        ggml_backend_buffer_type_t buft = bank_buffer_type();
+        ggml_backend_buffer_type_t buft = host_buffer_type();
         const size_t align = ggml_backend_buft_get_alignment(buft);
         size_t total = 0;
         for (ggml_tensor * t = ggml_get_first_tensor(ctx.get()); t; t = ggml_get_next_tensor(ctx.get(), t)) {
