@@ -77,6 +77,7 @@ _ptr, _i32, _i64, _size, _f32p = ctypes.c_void_p, ctypes.c_int32, ctypes.c_int64
 SIGNATURES = {
     # pace.h
     "llama_pace_version": (ctypes.c_char_p, []),
+    "llama_pace_rpc_protocol": (ctypes.c_uint32, []),
     "llama_pace_last_error": (ctypes.c_char_p, []),
     "llama_pace_amb_default_params": (AmbParams, []),
     "llama_pace_amb_validate_params": (_i32, [ctypes.POINTER(AmbParams), _i32]),
@@ -90,6 +91,7 @@ SIGNATURES = {
     "llama_pace_amb_evict": (_i32, [_ptr, _i32, _i32, _i32]),
     "llama_pace_amb_memory_size": (_size, [_ptr]),
     "llama_pace_amb_layer_bytes": (_size, [ctypes.POINTER(AmbParams), _i64, ctypes.c_uint32, ctypes.c_uint32]),
+    "llama_pace_amb_runs_on": (ctypes.c_bool, [_ptr]),
     # gguf.h: the header reader llama.cpp uses
     "gguf_init_from_file": (_ptr, [ctypes.c_char_p, GGUFInitParams]),
     "gguf_free": (None, [_ptr]),
@@ -130,6 +132,13 @@ SIGNATURES = {
     "ggml_backend_dev_name": (ctypes.c_char_p, [_ptr]),
     "ggml_backend_dev_type": (ctypes.c_int, [_ptr]),
     "ggml_backend_dev_memory": (None, [_ptr, ctypes.POINTER(_size), ctypes.POINTER(_size)]),
+    "ggml_backend_dev_description": (ctypes.c_char_p, [_ptr]),
+    "ggml_backend_reg_count": (_size, []),
+    "ggml_backend_reg_get": (_ptr, [_size]),
+    "ggml_backend_reg_name": (ctypes.c_char_p, [_ptr]),
+    "ggml_backend_reg_by_name": (_ptr, [ctypes.c_char_p]),
+    "ggml_backend_reg_get_proc_address": (_ptr, [_ptr, ctypes.c_char_p]),
+    "ggml_backend_register": (None, [_ptr]),
 }
 # Symbols llama-cpp-python declares too (with its callback type): pace-gguf calls a function object
 # of its own, declared with plain pointers (any callback, its or a user's, passes through as it is),

@@ -90,10 +90,35 @@ def loaded_library_path() -> str:
 
 
 def compiled_backends() -> list[str]:
-    """Names of the ggml backend devices compiled into the build (e.g. CPU, CUDA0)."""
+    """Names of the ggml backends compiled into the build (e.g. CPU, CUDA, RPC)."""
     c = _bindings.api()
     llama_cpp_module().llama_backend_init()
-    return [c.ggml_backend_dev_name(c.ggml_backend_dev_get(i)).decode() for i in range(c.ggml_backend_dev_count())]
+    return [c.ggml_backend_reg_name(c.ggml_backend_reg_get(i)).decode() for i in range(c.ggml_backend_reg_count())]
+
+
+def device_names() -> list[str]:
+    """Names of the backend devices llama.cpp can use (e.g. CPU, CUDA0, RPC0)."""
+    return [d["name"] for d in devices()]
+
+
+DEVICE_TYPES = ("CPU", "GPU", "iGPU", "accelerator", "meta")  # enum ggml_backend_dev_type
+
+
+def devices() -> list[dict]:
+    """The backend devices llama.cpp can use (compiled in, plus RPC servers added to this process): name,
+    description, type, free and total memory, and whether its backend runs the AMB op itself."""
+    c = _bindings.api()
+    llama_cpp_module().llama_backend_init()
+    out = []
+    for i in range(c.ggml_backend_dev_count()):
+        dev = c.ggml_backend_dev_get(i)
+        free, total = ctypes.c_size_t(), ctypes.c_size_t()
+        c.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
+        kind = c.ggml_backend_dev_type(dev)
+        out.append({"name": c.ggml_backend_dev_name(dev).decode(), "description": c.ggml_backend_dev_description(dev).decode(),
+                    "type": DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else str(kind),
+                    "memory_free": free.value, "memory_total": total.value, "runs_amb": bool(c.llama_pace_amb_runs_on(dev))})
+    return out
 
 
 def system_info() -> str:

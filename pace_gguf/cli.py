@@ -31,15 +31,20 @@ from .interrupts import Terminated, termination_raises
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from . import _native, paths  # noqa: PLC0415
+    from . import _native, paths, rpc  # noqa: PLC0415
 
     llama_cpp = _native.llama_cpp_module()
+    backends = _native.compiled_backends()  # before any server adds its own registry
+    if args.rpc:
+        rpc.add_servers(args.rpc)
     rows = [
         ("pace-gguf", __version__),
         ("llama-cpp-python", llama_cpp.__version__),
         ("build id", _native.build_id()),
         ("library", _native.loaded_library_path()),
-        ("backends", ", ".join(_native.compiled_backends())),
+        ("backends", ", ".join(backends)),
+        ("devices", ""),
+        *((f"  {d['name']}", device_line(d)) for d in _native.devices()),
         # llama_print_system_info(): the instruction sets this ggml was compiled for and uses
         ("cpu features", _native.system_info()),
         ("cache", str(paths.cache_dir())),
@@ -49,8 +54,27 @@ def cmd_info(args: argparse.Namespace) -> int:
     ]
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
-        print(f"{key:<{width}}  {value}")
+        print(f"{key:<{width}}  {value}".rstrip())
     return 0
+
+
+def device_line(device: dict) -> str:
+    """One device for `info`: what it is, and where an AMB layer placed on it runs its op."""
+    memory = f", {device['memory_total'] / 2**30:.1f} GiB" if device["memory_total"] else ""
+    where = "runs here" if device["runs_amb"] else "runs on the CPU (bank in host memory)"
+    return f"{device['type']}, {device['description']}{memory}; AMB {where}"
+
+
+# --- rpc-server ------------------------------------------------------------------------------------
+
+
+def cmd_rpc_server(args: argparse.Namespace) -> int:
+    from . import rpc  # noqa: PLC0415
+
+    progress_line(f"rpc-server on {args.host}:{args.port} (llama.cpp's rpc-server on pace-gguf's ggml; "
+                  "Ctrl-C stops)")
+    rpc.serve(args.host, args.port, args.threads, args.cache)
+    return 1  # serve() returns only if the program could not be started
 
 
 # --- pull ------------------------------------------------------------------------------------------
@@ -262,6 +286,10 @@ def cmd_estimate(args: argparse.Namespace) -> int:
 
     name = model_name(args) or registry.DEFAULT_MODEL
     registry.resolve_model(name, progress=progress_line)  # a download says so
+    if args.rpc:  # the servers' memory counts as a GPU's, as llama.cpp places layers on them
+        from . import rpc  # noqa: PLC0415
+
+        rpc.add_servers(args.rpc)
     result = estimate.estimate(name, args.n_ctx, pace=pace_changes(args), n_gpu_layers=args.n_gpu_layers)
     print(json.dumps(estimate.to_json(result), indent=2) if args.json else estimate.report(result))
     return 0
@@ -293,8 +321,21 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"pace-gguf {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("info", help="versions, build id of the loaded library, backends, cache paths")
+    p = sub.add_parser("info", help="versions, build id of the loaded library, backends and devices (and whether "
+                       "the AMB runs on each), cache paths")
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT,...", help="list these `pace-gguf rpc-server`s' devices too")
     p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser(
+        "rpc-server", help="serve this machine's CPU to other machines' pace-gguf (llama.cpp's RPC backend)",
+        description="Runs llama.cpp's rpc-server built on pace-gguf's ggml, whose CPU backend runs the AMB: "
+        "another machine's `pace-gguf chat --rpc HOST:PORT --n-gpu-layers N` places layers here, AMB banks "
+        "included. The protocol has no authentication or encryption: keep it on 127.0.0.1 or a private network.")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
+    p.add_argument("--port", type=port_number, default=50052, help="port (default 50052, llama.cpp's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: half the cores)")
+    p.add_argument("--cache", action="store_true", help="cache received tensors on disk (llama.cpp's --cache)")
+    p.set_defaults(func=cmd_rpc_server)
 
     p = sub.add_parser("pull", help="fetch a registry model into the cache and print its path")
     p.add_argument("name", nargs="?", default=registry.DEFAULT_MODEL,

@@ -113,6 +113,8 @@ def add_model_args(p: argparse.ArgumentParser, n_ctx: int = 4096) -> None:
                        help="context size in tokens (default 0: the model's training context)")
     p.add_argument("--threads", type=positive_int, default=None, help="CPU threads (default: llama.cpp's choice)")
     p.add_argument("--n-gpu-layers", type=int, default=0, help="layers to offload to a GPU build (-1: all)")
+    p.add_argument("--rpc", default=None, metavar="HOST:PORT,...",
+                   help="`pace-gguf rpc-server`s whose devices take layers, first one first (with --n-gpu-layers)")
     p.add_argument("--seed", type=int, default=0xFFFFFFFF, help="sampling seed (default: random)")
     p.add_argument("--verbose", action="store_true", help="show llama.cpp's own log")
 
@@ -140,6 +142,7 @@ def load_llama(args: argparse.Namespace, pace: dict | None = None, **kwargs):
         n_ctx=args.n_ctx,
         n_threads=args.threads,
         n_gpu_layers=args.n_gpu_layers,
+        rpc_servers=args.rpc,
         seed=args.seed,
         verbose=args.verbose,
         pace=pace_changes(args) if pace is None else pace,

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import _bindings, amb, gguf_file
-from ._native import compiled_backends, llama_cpp_module
+from ._native import devices, llama_cpp_module
 from .amb import PaceConfig, PaceMetadataWarning
 from .errors import ModelFileError
 from .interrupts import deferred
@@ -231,15 +231,16 @@ def kv_cache_bytes(shape: ModelShape, n_cells: int, layers=None) -> int:
     return sum(n_cells * (shape.head_dim_k + shape.head_dim_v) * shape.n_head_kv[il] * F16 for il in layers)
 
 
-def amb_bytes(config: PaceConfig, shape: ModelShape, n_cells: int, n_seq: int = 1) -> int:
+def amb_bytes(config: PaceConfig, shape: ModelShape, n_cells: int, n_seq: int = 1, layers=None) -> int:
     """What set_params allocates for the banks (per AMB layer and sequence: keys and values, their
     metadata, the case log per position; prompt granularity adds a snapshot and pending rows),
-    measured by the C library from the same tensor shapes (llama_pace_amb_layer_bytes)."""
+    measured by the C library from the same tensor shapes (llama_pace_amb_layer_bytes); `layers`: only
+    the AMB layers among these."""
     if not config.enabled:
         return 0
     c, params = _bindings.api(), config._to_c()
     total = 0
-    for il in config.layers:
+    for il in config.layers if layers is None else [il for il in config.layers if il in layers]:
         size = c.llama_pace_amb_layer_bytes(ctypes.byref(params), shape.n_ff[il], n_seq, n_cells)
         if size == 0:
             raise amb.PaceConfigError(amb.last_error())
@@ -295,6 +296,7 @@ class Device:
     name: str
     free: int
     total: int
+    runs_amb: bool = False  # its backend runs the AMB op, so the banks of AMB layers placed on it live there
 
 
 @dataclass(frozen=True)
@@ -318,6 +320,7 @@ class MemoryEstimate:
     gpu_layers: int = 0
     gpu_weights: int = 0
     gpu_kv_cache: int = 0
+    gpu_amb_banks: int = 0
     gpu_compute: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -328,7 +331,7 @@ class MemoryEstimate:
 
     @property
     def gpu_total(self) -> int:
-        return self.gpu_weights + self.gpu_kv_cache + self.gpu_compute
+        return self.gpu_weights + self.gpu_kv_cache + self.gpu_amb_banks + self.gpu_compute
 
     @property
     def fits_ram(self) -> bool | None:
@@ -363,22 +366,11 @@ def ram_available() -> int | None:
         return None
 
 
-_GPU_DEVICE_TYPES = (1, 2)  # enum ggml_backend_dev_type: GPU, IGPU
-
-
 def gpu_devices() -> list[Device]:
-    """GPU devices of the loaded ggml build, with their free and total memory (ggml backend device
-    API, as llama.cpp queries them); empty on a CPU-only build."""
-    compiled_backends()  # initializes the backends
-    c = _bindings.api()
-    devices = []
-    for i in range(c.ggml_backend_dev_count()):
-        dev = c.ggml_backend_dev_get(i)
-        if c.ggml_backend_dev_type(dev) in _GPU_DEVICE_TYPES:
-            free, total = ctypes.c_size_t(), ctypes.c_size_t()
-            c.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
-            devices.append(Device(c.ggml_backend_dev_name(dev).decode(), free.value, total.value))
-    return devices
+    """GPU devices of the loaded ggml build (RPC servers added to this process count as GPUs, as
+    llama.cpp places layers on them), with their free and total memory; empty on a CPU-only build."""
+    return [Device(d["name"], d["memory_free"], d["memory_total"], d["runs_amb"]) for d in devices()
+            if d["type"] in ("GPU", "iGPU")]
 
 
 def offloaded_layers(n_layer: int, n_gpu_layers: int) -> range:
@@ -425,6 +417,8 @@ def estimate(model: str | Path, n_ctx: int, *, pace: dict | None = None, n_gpu_l
     gpu = devices[0] if devices else None
     place = _placement(shape, n_gpu_layers, gpu)
     gpu_kv = kv_cache_bytes(shape, cells, place.gpu_kv_layers)
+    # an AMB layer's bank lives on its device when that device runs the op, else in RAM
+    gpu_amb = amb_bytes(config, shape, cells, layers=place.gpu_kv_layers) if gpu and gpu.runs_amb else 0
     return MemoryEstimate(
         model=str(model),
         n_ctx=cells,
@@ -433,7 +427,7 @@ def estimate(model: str | Path, n_ctx: int, *, pace: dict | None = None, n_gpu_l
         amb=config,
         weights=place.host_weights,
         kv_cache=kv_cache_bytes(shape, cells) - gpu_kv,
-        amb_banks=amb_bytes(config, shape, cells),
+        amb_banks=amb_bytes(config, shape, cells) - gpu_amb,
         compute=compute_bytes(shape, cells, n_kv=min(cells, _pad(tokens, KV_PAD))),
         model_metadata=shape.header_bytes + METADATA_BYTES_PER_ENTRY * (shape.n_vocab + shape.n_merges),
         # input_ids: n_ctx int32. llama-cpp-python also allocates `scores`, n_batch x n_vocab f32,
@@ -445,6 +439,7 @@ def estimate(model: str | Path, n_ctx: int, *, pace: dict | None = None, n_gpu_l
         gpu_layers=place.gpu_layers,
         gpu_weights=place.gpu_weights,
         gpu_kv_cache=gpu_kv,
+        gpu_amb_banks=gpu_amb,
         # a device's compute buffer is allocated whole, at llama.cpp's reserve size (n_batch logit rows)
         gpu_compute=graph_bytes(shape, cells, cells, n_outputs=min(N_BATCH, cells)) if place.gpu_layers else 0,
         notes=_notes(shape, n_ctx, n_gpu_layers, devices),
@@ -476,7 +471,8 @@ ROWS = [
     ("Python arrays", "python_arrays"),
     ("process baseline", "baseline"),
 ]
-GPU_ROWS = [("GPU weights", "gpu_weights"), ("GPU KV cache", "gpu_kv_cache"), ("GPU compute", "gpu_compute")]
+GPU_ROWS = [("GPU weights", "gpu_weights"), ("GPU KV cache", "gpu_kv_cache"), ("GPU AMB banks", "gpu_amb_banks"),
+            ("GPU compute", "gpu_compute")]
 
 
 def _mib(n: int) -> str:

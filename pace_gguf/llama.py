@@ -7,6 +7,8 @@ It is a drop-in: same constructor and methods. What it adds:
 * `pace=`: the Activation Memory Bank (AMB) of the context, with `reset_memory()`,
   `memory_stats()`, `amb_bank()` and `amb_cases()`;
 * `build_id`, the identity of the native library actually in use.
+* `rpc_servers=`: "HOST:PORT,..." of `pace-gguf rpc-server`s whose devices take layers
+  (`n_gpu_layers`), as llama-cpp-python's earlier versions and llama.cpp's `--rpc` (pace_gguf.rpc).
 
 AMB and llama-cpp-python's prompt-prefix reuse: a bank cannot "un-store" the tokens of a dropped
 suffix. With the AMB on, `generate()` keeps the cached context only when the new prompt continues
@@ -24,7 +26,7 @@ import warnings
 from typing import Union
 
 from . import _llama_cpp_compat as compat
-from . import amb
+from . import amb, rpc
 from ._native import build_id, llama_cpp_module
 from .amb import LayerStats, PaceConfig, PaceMetadataWarning
 from .errors import ContextCreationError, ContextOverflowError, ModelFileError, PaceError
@@ -38,9 +40,12 @@ PaceSpec = Union[PaceConfig, dict, bool, None]
 
 
 class Llama(_llama_cpp.Llama):
-    def __init__(self, model_path: str, *, pace: PaceSpec = None, **kwargs):
+    def __init__(self, model_path: str, *, pace: PaceSpec = None, rpc_servers: str | list[str] | None = None,
+                 **kwargs):
         path = resolve_model(model_path)
         check_gguf(path)
+        if rpc_servers:
+            rpc.add_servers(rpc_servers)
         try:
             with deferred():  # llama.cpp logs the load through a Python callback (see interrupts)
                 super().__init__(model_path=str(path), **kwargs)

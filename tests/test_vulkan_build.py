@@ -47,11 +47,13 @@ def _answer_and_cases(run_cli, env: dict | None, n_gpu_layers: int) -> tuple[str
     return result.stdout, cases
 
 
-def test_vulkan_build_sees_a_vulkan_device(run_cli):
+def test_vulkan_build_sees_a_vulkan_device_where_the_amb_runs_on_the_cpu(run_cli):
     result = run_cli("info", env=VULKAN_ENV)
     assert result.returncode == 0, result.stderr
     backends = next(line for line in result.stdout.splitlines() if line.startswith("backends"))
-    assert "Vulkan0" in backends, result.stdout
+    assert "Vulkan" in backends, result.stdout
+    device = next((line for line in result.stdout.splitlines() if line.strip().startswith("Vulkan0")), None)
+    assert device is not None and "AMB runs on the CPU" in device, result.stdout
 
 
 def test_all_layers_on_vulkan_with_the_amb_on_match_the_cpu_build(run_cli, default_model_path):

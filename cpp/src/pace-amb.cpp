@@ -837,6 +837,16 @@ size_t llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, i
     }
 }
 
+bool llama_pace_amb_runs_on(ggml_backend_dev_t dev) {
+    try {
+        const llama_pace_amb_params p = llama_pace_amb_defaults();
+        return dev && device_runs_amb(dev, amb_layer{0, 64}, p, 1, 1); // the op's support does not depend on its shapes
+    } catch (const std::exception & e) {
+        llama_pace_set_error(e.what());
+        return false;
+    }
+}
+
 // ---- llama_context accessors (declared in llama-context.h) ---------------------------------------
 
 llama_pace_amb * llama_context::get_pace_amb() const {

@@ -13,6 +13,10 @@ extern "C" {
     // Identifies a llama.cpp build of pace-gguf (Python checks it to know the library is ours).
     // Returns e.g. "pace-gguf 0.1.0 llama.cpp b11312 patches 7:3f2a9c0d".
     LLAMA_API const char * llama_pace_version(void);
+    // The RPC protocol version this build speaks (cpp/patches/0009), major << 16 | minor << 8 | patch,
+    // so that a client can check a server's handshake before llama.cpp's RPC backend, which aborts
+    // the process on a failed connection, meets it.
+    LLAMA_API uint32_t llama_pace_rpc_protocol(void);
 
     //
     // Activation Memory Bank (PaceLLM) of a context, defined in pace-amb.cpp.
@@ -90,6 +94,10 @@ extern "C" {
     // sequences and n_pos positions (a context's n_ctx): what set_params allocates per layer, for
     // tools that estimate memory before loading a model. 0 if invalid (see llama_pace_last_error).
     LLAMA_API size_t  llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, int64_t n_ff, uint32_t n_seq, uint32_t n_pos);
+    // Whether the backend of device `dev` runs GGML_OP_AMB itself (asked of the backend, as the
+    // scheduler does). An AMB layer offloaded to a device that does not keeps its bank in host memory
+    // and runs the op on the CPU, one round trip per AMB layer and ubatch.
+    LLAMA_API bool    llama_pace_amb_runs_on(ggml_backend_dev_t dev);
     // This thread's last failure: of a llama_pace_* call, or of the AMB section of a state being loaded.
     LLAMA_API const char * llama_pace_last_error(void);
 

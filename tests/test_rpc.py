@@ -1,0 +1,114 @@
+"""llama.cpp's RPC backend with the AMB: a real `pace-gguf rpc-server` on 127.0.0.1 (a free port,
+stopped after the module) takes every layer of the default model, AMB banks included, and the answer
+and per-layer case counts equal the CPU run's (same build, same kernels: bit-identical arithmetic).
+Unreachable servers and servers of another protocol version are clear errors, never the abort the
+RPC backend itself would raise.
+"""
+
+import re
+import socket
+import struct
+import subprocess
+import threading
+import time
+
+import pytest
+
+PROMPT = "Note: the door code is 4817. What is the door code?"  # the README's prompt (tests/test_cli.py)
+STATS = re.compile(r"layer (\d+): slots (\d+)/\d+, high (\d+), mid (\d+), low (\d+)")
+
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rpc_server(tmp_path_factory):
+    """HOST:PORT of a running pace-gguf rpc-server (one thread: the client's threads keep the other core)."""
+    from conftest import pace_cli
+    from pace_gguf import rpc
+
+    endpoint = f"127.0.0.1:{_free_port()}"
+    log = (tmp_path_factory.mktemp("rpc") / "server.log").open("w+")
+    proc = subprocess.Popen(pace_cli() + ["rpc-server", "--port", endpoint.rpartition(":")[2], "--threads", "1"],
+                            stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                rpc.server_protocol(endpoint, timeout=2)
+                break
+            except rpc.RpcError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the rpc-server did not start:\n{log.read()[-2000:]}")
+                time.sleep(0.2)
+        yield endpoint
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+        log.close()
+
+
+def _chat(run_cli, *extra: str):
+    result = run_cli("chat", "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "16", "--amb-layers", "12,26",
+                     "--stats", "--threads", "1", *extra, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    stats = {int(m[1]): tuple(map(int, m.groups()[1:])) for m in STATS.finditer(result.stderr)}
+    assert set(stats) == {12, 26}, result.stderr[-3000:]
+    return result, stats
+
+
+def test_info_lists_the_server_and_that_the_amb_runs_there(run_cli, rpc_server):
+    result = run_cli("info", "--rpc", rpc_server)
+    assert result.returncode == 0, result.stderr
+    line = next((line for line in result.stdout.splitlines() if line.strip().startswith("RPC0")), None)
+    assert line is not None, result.stdout
+    assert rpc_server in line and "AMB runs here" in line, line
+
+
+def test_all_layers_on_an_rpc_server_match_the_cpu_run(run_cli, rpc_server, default_model_path):
+    cpu, cpu_stats = _chat(run_cli)
+    remote, remote_stats = _chat(run_cli, "--rpc", rpc_server, "--n-gpu-layers", "-1", "--verbose")
+    assert "4817" in cpu.stdout
+    assert remote.stdout == cpu.stdout
+    assert remote_stats == cpu_stats, (cpu_stats, remote_stats)
+    # every layer, and the banks with them, on the server: the op ran there, updating its bank in place
+    assert re.search(r"layer\s+26 assigned to device RPC0", remote.stderr), remote.stderr[-3000:]
+    assert re.search(r"pace AMB bank .* in RPC0\[", remote.stderr), remote.stderr[-3000:]
+
+
+def test_an_unreachable_server_is_a_clear_error(run_cli, assert_one_line_error):
+    endpoint = f"127.0.0.1:{_free_port()}"  # nothing listens there
+    result = run_cli("chat", "--prompt", "hi", "--max-tokens", "4", "--rpc", endpoint, "--n-gpu-layers", "-1")
+    assert_one_line_error(result, endpoint, "no answer", "pace-gguf rpc-server")
+
+
+def test_a_malformed_endpoint_is_a_clear_error(run_cli, assert_one_line_error):
+    result = run_cli("chat", "--prompt", "hi", "--max-tokens", "4", "--rpc", "localhost", "--n-gpu-layers", "-1")
+    assert_one_line_error(result, "localhost", "HOST:PORT")
+
+
+def test_a_server_of_another_protocol_version_is_refused(run_cli, assert_one_line_error):
+    """A listener that answers the handshake as upstream llama.cpp's rpc-server does (protocol 7.0.0),
+    which pace-gguf's RPC backend would abort on. This tests pace-gguf's check, not the runtime."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    endpoint = f"127.0.0.1:{listener.getsockname()[1]}"
+
+    def answer():
+        conn, _ = listener.accept()
+        with conn:
+            conn.recv(1 + 8 + 24)
+            conn.sendall(struct.pack("<Q", 28) + bytes([7, 0, 0, 0]) + bytes(24))
+
+    thread = threading.Thread(target=answer, daemon=True)
+    thread.start()
+    try:
+        result = run_cli("chat", "--prompt", "hi", "--max-tokens", "4", "--rpc", endpoint, "--n-gpu-layers", "-1")
+    finally:
+        listener.close()
+    assert_one_line_error(result, endpoint, "protocol 7.0.0", "pace-gguf rpc-server")
