@@ -143,15 +143,16 @@ inline void add_mean_of_values(const bank_view & b, const int32_t * slots, const
     }
 }
 
-// Enhances one row x into out; returns its case. `m`/slots: the bank's valid slots (precomputed).
-inline int32_t retrieve_row(const hparams & hp, const bank_view & b, const int32_t * slots, int m,
-                            const float * x, float * out, const row_scratch & s) {
+// Enhances one row x into out; returns its case. `m`/slots: the bank's valid slots (precomputed);
+// s.sims: x's similarities with them, as similarities() computes them (unused when m == 0 or x is
+// not finite). The CPU kernel computes them for all rows at once, threads splitting the dot products.
+inline int32_t retrieve_row_from_sims(const hparams & hp, const bank_view & b, const int32_t * slots, int m,
+                                      const float * x, float * out, const row_scratch & s) {
     const int64_t n = b.n_ff;
     if (m == 0 || !all_finite(x, n)) {
         std::memcpy(out, x, n * sizeof(float));
         return CASE_LOW;
     }
-    similarities(b, slots, m, x, clamped_norm(x, n), s.sims);
     if (!all_finite(s.sims, m)) { // overflowing dot products: the reference treats the row as low
         std::memcpy(out, x, n * sizeof(float));
         return CASE_LOW;
@@ -227,10 +228,15 @@ struct chunk_rows {
     std::vector<const float *> keys, vals; // finite rows only, in token order
 };
 
+// Whether a row can be stored: rows with a non-finite key or value never are.
+inline bool storable(const float * key, const float * val, int64_t n_ff) {
+    return all_finite(key, n_ff) && all_finite(val, n_ff);
+}
+
 inline chunk_rows finite_rows(const float * const * X, const float * const * O, int n, int64_t n_ff) {
     chunk_rows r;
     for (int i = 0; i < n; ++i) {
-        if (all_finite(X[i], n_ff) && all_finite(O[i], n_ff)) {
+        if (storable(X[i], O[i], n_ff)) {
             r.keys.push_back(X[i]);
             r.vals.push_back(O[i]);
         }
