@@ -2,7 +2,8 @@
 and on every layer, each run in a fresh process, configurations interleaved; ratios on/off.
 
     PYTHONPATH=. .venv/bin/python benchmarks/amb_overhead.py [--models smollm2] [--reps 6]
-    PYTHONPATH=. .venv/bin/python benchmarks/amb_overhead.py --n-gpu-layers -1 --prompts 512 8192 --n-gen 128
+    PYTHONPATH=. .venv/bin/python benchmarks/amb_overhead.py --n-gpu-layers -1 --prompts 512 8192 --n-gen 128 \
+        --models smollm2 qwen2-7b-random   # the GPU benchmark
 
 A run loads the model into a new process (so no run inherits another's caches, heap or thread pool),
 warms it up with a short decode, then times each prompt from an empty context (llama_decode calls of
@@ -112,7 +113,8 @@ def columns(tests: list[str]) -> dict:
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--models", nargs="+", default=["smollm2"],
-                        help=f"short names ({', '.join(report.MODELS)}), registry names or GGUF paths")
+                        help=f"short names ({', '.join(report.MODELS)}), qwen2-7b-random (a shape-true random "
+                        "Qwen2-7B at Q4_K_M, benchmarks/shape_true.py), registry names or GGUF paths")
     parser.add_argument("--prompts", nargs="+", type=int, default=[1024], help="prompt lengths (default 1024); "
                         "generation follows the first")
     parser.add_argument("--n-gen", type=int, default=64, help="generated tokens (default 64)")

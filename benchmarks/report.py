@@ -22,16 +22,32 @@ RESULTS = Path(__file__).resolve().parent / "results"
 MODELS = {"smollm2": "smollm2-135m-instruct", "gemma3-270m": "gemma3-270m"}
 
 
+RANDOM_SUFFIX = "-random"  # "qwen2-7b-random": shape_true.py's model, made once into the user cache
+
+
 def model_path(name: str) -> Path:
-    """A model by short name (MODELS), registry name or GGUF path; registry models are pulled."""
+    """A model by short name (MODELS), registry name, shape-true random model (<model>-random, see
+    shape_true.py) or GGUF path; registry models are pulled, random ones written on first use."""
     from pace_gguf import registry  # noqa: PLC0415
+
+    import shape_true  # noqa: PLC0415
 
     full = MODELS.get(name, name)
     if full in registry.MODELS:
         return registry.pull(full)
+    if name.endswith(RANDOM_SUFFIX) and name[: -len(RANDOM_SUFFIX)] in shape_true.MODELS:
+        from pace_gguf import paths  # noqa: PLC0415
+
+        out = paths.cache_dir() / "bench" / f"{name}-q4_k_m.gguf"
+        if not out.is_file():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            print(f"writing {out} (shape-true random weights)", file=sys.stderr)
+            shape_true.write(name[: -len(RANDOM_SUFFIX)], out)
+        return out
     if Path(name).is_file():
         return Path(name)
-    raise SystemExit(f"unknown model {name!r}: give one of {', '.join(MODELS)}, a registry name or a GGUF path")
+    randoms = ", ".join(m + RANDOM_SUFFIX for m in shape_true.MODELS)
+    raise SystemExit(f"unknown model {name!r}: give one of {', '.join(MODELS)}, {randoms}, a registry name or a GGUF path")
 
 
 def random_prompt(n_tokens: int, n_vocab: int, seed: int = 0) -> list[int]:

@@ -64,3 +64,40 @@ def test_vs_transformers(tmp_path):
     assert got == {(*s, amb) for s in setups for amb in (False, True)}
     for r in report["rows"]:
         assert r["prefill_tok_s"] > 0 and r["decode_tok_s"] > 0 and r["peak_rss_mib"] > 50
+
+
+def test_amb_overhead(tmp_path):
+    report = run_quick("amb_overhead", tmp_path)
+    rows = {r["config"]: r for r in report["rows"]}
+    assert list(rows) == ["off", "2 layers", "all layers"]
+    assert report["meta"]["process_per_run"] is True
+    for r in rows.values():
+        assert set(r["tok_s"]) == {"pp64", "tg8"} and min(r["tok_s"].values()) > 0
+        assert len(r["seconds"]["pp64"]) == 1  # --quick: one repetition
+    assert rows["2 layers"]["amb_layers"] == [12, 26] and rows["off"]["amb_layers"] is None
+    assert rows["off"]["vs_off"]["tg8"] == [1.0, 1.0, 1.0]
+
+
+def test_shape_true_model_has_q4_k_m_types_and_loads(tmp_path):
+    """benchmarks/shape_true.py: Qwen2-7B's shapes and Q4_K_M's types (read back with gguf-py), and
+    llama.cpp loads it and decodes with the AMB on (finite activations: the bank takes rows)."""
+    gguf = pytest.importorskip("gguf")
+    sys.path.insert(0, str(BENCHMARKS))
+    import shape_true  # noqa: PLC0415
+
+    path = shape_true.write("qwen2-7b", tmp_path / "q.gguf", layers=1)
+    tensors = {t.name: t for t in gguf.GGUFReader(path).tensors}
+    Q = gguf.GGMLQuantizationType
+    assert tensors["blk.0.ffn_gate.weight"].shape.tolist() == [3584, 18944]
+    assert tensors["blk.0.ffn_gate.weight"].tensor_type == Q.Q4_K
+    assert tensors["blk.0.ffn_down.weight"].tensor_type == Q.Q6_K  # first eighth of the layers: more bits
+    assert tensors["output.weight"].tensor_type == Q.Q6_K and tensors["blk.0.attn_q.bias"].tensor_type == Q.F32
+    from pace_gguf import Llama  # noqa: PLC0415
+
+    llm = Llama(model_path=str(path), n_ctx=256, n_threads=1, verbose=False, pace={"layers": (0,)})
+    try:
+        llm.eval(llm.tokenize(b"a shape-true model"))
+        stats = llm.memory_stats()[0]
+        assert stats.slots_used > 0, stats
+    finally:
+        llm.close()
