@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 import report
-from throughput import WARMUP_TOKENS, amb_layers, greedy, timed
+from throughput import WARMUP_TOKENS, amb_layers, greedy, rotated, timed
 
 HERE = Path(__file__).resolve()
 CONFIGS = ("off", "2 layers", "all layers")  # the first is the reference of the ratios
@@ -65,11 +65,6 @@ def run_in_process(spec: dict) -> dict:
 
 
 # --- the parent -----------------------------------------------------------------------------------------------------
-
-
-def rotated(items, k: int) -> list:
-    k %= len(items)
-    return list(items[k:]) + list(items[:k])
 
 
 def bench_model(name: str, args) -> list[dict]:
