@@ -5,10 +5,12 @@ Unreachable servers and servers of another protocol version are clear errors, ne
 RPC backend itself would raise.
 """
 
+import json
 import re
 import socket
 import struct
 import subprocess
+import sys
 import threading
 import time
 
@@ -112,3 +114,46 @@ def test_a_server_of_another_protocol_version_is_refused(run_cli, assert_one_lin
     finally:
         listener.close()
     assert_one_line_error(result, endpoint, "protocol 7.0.0", "pace-gguf rpc-server")
+
+
+BANKS_ON_A_SERVER = """
+import sys
+import numpy as np
+from pace_gguf import Llama
+
+endpoint, model = sys.argv[1], sys.argv[2]
+options = dict(n_ctx=512, n_threads=1, verbose=False, pace={"layers": (12, 26)})
+remote = Llama(model, rpc_servers=endpoint, n_gpu_layers=-1, **options)
+local = Llama(model, **options)
+tokens = remote.tokenize(b"Note: the door code is 4817. What is the door code?")
+for llm in (remote, local):
+    llm.eval(tokens)
+    llm.eval(tokens[:5])  # a second decode: it retrieves from what the first one stored
+for layer in (12, 26):  # the same kernels on the same kind of CPU: the same bits
+    a, b = remote.amb_bank(layer), local.amb_bank(layer)
+    assert all(np.array_equal(a[k], b[k]) for k in a), layer
+state, bank, stats = remote.save_state(), remote.amb_bank(26), remote.memory_stats()
+remote.reset_memory()
+assert remote.memory_stats()[26].slots_used == 0
+remote.load_state(state)
+assert all(np.array_equal(bank[k], remote.amb_bank(26)[k]) for k in bank)
+assert remote.memory_stats() == stats, (remote.memory_stats(), stats)
+print("banks on the server: equal to the CPU's, saved, reset and restored", stats[26].slots_used)
+"""
+
+
+def test_banks_on_a_server_match_the_cpu_and_survive_save_reset_load(rpc_server, default_model_path):
+    """Through the Python API (Llama(rpc_servers=...)), in a process of its own: servers, once added,
+    stay for the process. Every host access to a bank on a server goes through ggml's tensor API."""
+    result = subprocess.run([sys.executable, "-c", BANKS_ON_A_SERVER, rpc_server, str(default_model_path)],
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "banks on the server" in result.stdout
+
+
+def test_estimate_puts_the_banks_of_offloaded_layers_on_the_server(run_cli, rpc_server):
+    result = run_cli("estimate", "--rpc", rpc_server, "--n-gpu-layers", "-1", "--amb-layers", "12,26", "--json")
+    assert result.returncode == 0, result.stderr
+    e = json.loads(result.stdout)
+    assert e["gpu"]["name"] == "RPC0" and e["gpu"]["runs_amb"] is True
+    assert e["amb_banks"] == 0 < e["gpu_amb_banks"]
