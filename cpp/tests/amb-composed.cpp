@@ -74,19 +74,29 @@ ggml_tensor * one_minus(ggml_context * ctx, ggml_tensor * x) {
     return ggml_scale_bias(ctx, x, -1.0f, 1.0f);
 }
 
+// sum_i w[i, t] * rows[idx[i, t]] of `rows` [n_ff, M] -> [n_ff, T], by gathering the k rows of
+// each token (small ubatches: k*T rows instead of the whole bank)
+ggml_tensor * gathered_mean(ggml_context * ctx, ggml_tensor * rows, ggml_tensor * idx, ggml_tensor * w) {
+    const int64_t n_ff = rows->ne[0], k = idx->ne[0], T = idx->ne[1];
+    ggml_tensor * sel = ggml_get_rows(ctx, rows, ggml_reshape_1d(ctx, idx, k * T));          // [n_ff, k*T]
+    sel = ggml_cont(ctx, ggml_permute(ctx, ggml_reshape_3d(ctx, sel, n_ff, k, T), 1, 0, 2, 3)); // [k, n_ff, T]
+    return ggml_reshape_2d(ctx, ggml_mul_mat(ctx, sel, ggml_reshape_3d(ctx, w, k, 1, T)), n_ff, T);
+}
+
 composed build_composed(ggml_context * ctx, const layer_tensors & L, const ggml_amb_params & hp) {
     const int64_t n_ff = L.x->ne[0], T = L.x->ne[1], M = L.bank->ne[1] / 2;
     const int k = std::min<int>(hp.topk, (int) M), kn = std::min<int>(hp.negk, (int) M);
     GGML_ASSERT(hp.store_topk == hp.topk && hp.mode == 0 && T <= hp.chunk && kn > 0); // the prototype's scope
+    const bool small = T * (k + kn) <= M; // gather the neighbours' rows rather than multiply by the whole bank
 
     ggml_tensor * K  = ggml_view_2d(ctx, L.bank, n_ff, M, L.bank->nb[1], 0);
     ggml_tensor * V  = ggml_view_2d(ctx, L.bank, n_ff, M, L.bank->nb[1], M * L.bank->nb[1]);
     ggml_tensor * u  = ggml_view_1d(ctx, L.meta, M, 0);
     ggml_tensor * v  = ggml_view_1d(ctx, L.meta, M, M * sizeof(float));
-    ggml_tensor * kn_view = ggml_view_1d(ctx, L.meta, M, 2 * M * sizeof(float));
+    ggml_tensor * kn_view = ggml_view_2d(ctx, L.meta, 1, M, sizeof(float), 2 * M * sizeof(float)); // [1, M]: a row per slot
 
-    // ---- retrieval: cosines, top-k / bottom-k' among valid slots, case, coefficients
-    ggml_tensor * S  = ggml_mul_mat(ctx, ggml_l2_norm(ctx, K, EPS), ggml_l2_norm(ctx, L.x, EPS)); // [M, T]
+    // ---- retrieval: cosines (with the stored key norms), top-k / bottom-k' among valid slots, case
+    ggml_tensor * S  = ggml_div(ctx, ggml_mul_mat(ctx, K, ggml_l2_norm(ctx, L.x, EPS)), ggml_reshape_2d(ctx, kn_view, M, 1));
     ggml_tensor * empty_penalty = ggml_scale_bias(ctx, v, BIG, -BIG);                               // 0 or -BIG
     ggml_tensor * St = ggml_add(ctx, S, empty_penalty);
     ggml_tensor * Sb = ggml_add(ctx, ggml_neg(ctx, S), empty_penalty);
@@ -106,9 +116,15 @@ composed build_composed(ggml_context * ctx, const layer_tensors & L, const ggml_
     ggml_tensor * nb   = ggml_clamp(ctx, ggml_sum_rows(ctx, vb), 1.0f, INFINITY);
     ggml_tensor * wt   = ggml_mul(ctx, vt, ggml_div(ctx, a_w, nt));
     ggml_tensor * wb   = ggml_mul(ctx, vb, ggml_div(ctx, b_w, nb));
-    ggml_tensor * C    = ggml_add(ctx, scatter_weights(ctx, L.ident, it, wt), scatter_weights(ctx, L.ident, ib, wb)); // [M, T]
-    ggml_tensor * Vt   = ggml_cont(ctx, ggml_transpose(ctx, V)); // [M, n_ff]
-    ggml_tensor * O    = ggml_add(ctx, ggml_mul(ctx, L.x, beta), ggml_mul_mat(ctx, Vt, C));
+    ggml_tensor * from_bank;
+    if (small) {
+        ggml_tensor * idx = ggml_concat(ctx, it, ib, 0); // i32 [k + kn, T]
+        from_bank = gathered_mean(ctx, V, idx, ggml_concat(ctx, wt, wb, 0));
+    } else {
+        ggml_tensor * C = ggml_add(ctx, scatter_weights(ctx, L.ident, it, wt), scatter_weights(ctx, L.ident, ib, wb)); // [M, T]
+        from_bank = ggml_mul_mat(ctx, ggml_cont(ctx, ggml_transpose(ctx, V)), C);
+    }
+    ggml_tensor * O = ggml_add(ctx, ggml_mul(ctx, L.x, beta), from_bank);
     ggml_tensor * cases = ggml_add(ctx, hi, mh);
 
     // ---- store, one chunk: classify on the mean of the top-k similarities
@@ -119,7 +135,7 @@ composed build_composed(ggml_context * ctx, const layer_tensors & L, const ggml_
     ggml_tensor * s_mid = ggml_sub(ctx, s_mh, s_hi);
     ggml_tensor * s_low = one_minus(ctx, s_mh);
 
-    // merge: every slot in some mid row's top-k moves halfway to the mean mid key and value
+    // merge: every slot in some mid row's top-k is pulled halfway to the mean mid key and value
     ggml_tensor * Xt = ggml_cont(ctx, ggml_transpose(ctx, L.x)); // [T, n_ff]
     ggml_tensor * Ot = ggml_cont(ctx, ggml_transpose(ctx, O));
     ggml_tensor * mid_col = ggml_reshape_2d(ctx, s_mid, T, 1);
@@ -127,17 +143,9 @@ composed build_composed(ggml_context * ctx, const layer_tensors & L, const ggml_
     ggml_tensor * kbar = ggml_div(ctx, ggml_mul_mat(ctx, Xt, mid_col), n_mid); // [n_ff, 1]
     ggml_tensor * vbar = ggml_div(ctx, ggml_mul_mat(ctx, Ot, mid_col), n_mid);
     ggml_tensor * hits = scatter_weights(ctx, L.ident, it, ggml_mul(ctx, vt, s_mid)); // [M, T]
-    // slots hit: [1, M], which broadcasts over the n_ff rows of [n_ff, M]
-    ggml_tensor * U_row = ggml_step(ctx, ggml_sum_rows(ctx, ggml_cont(ctx, ggml_transpose(ctx, hits))));
-    const float mom = hp.momentum;
-    auto merged = [&](ggml_tensor * B, ggml_tensor * mean) {
-        ggml_tensor * pulled = ggml_add(ctx, ggml_scale(ctx, B, mom), ggml_scale(ctx, mean, 1.0f - mom));
-        return ggml_add(ctx, ggml_mul(ctx, pulled, U_row), ggml_mul(ctx, B, one_minus(ctx, U_row)));
-    };
-    ggml_tensor * K1 = merged(K, kbar), * V1 = merged(V, vbar);
-    ggml_tensor * U1d = ggml_reshape_1d(ctx, U_row, M);
-    ggml_tensor * u1 = ggml_add(ctx, u, U1d);
-    ggml_tensor * v1 = ggml_sub(ctx, ggml_add(ctx, v, U1d), ggml_mul(ctx, v, U1d));
+    ggml_tensor * U = ggml_reshape_1d(ctx, ggml_step(ctx, ggml_sum_rows(ctx, ggml_cont(ctx, ggml_transpose(ctx, hits)))), M);
+    ggml_tensor * u1 = ggml_add(ctx, u, U);
+    ggml_tensor * v1 = ggml_sub(ctx, ggml_add(ctx, v, U), ggml_mul(ctx, v, U));
 
     // replacement: the i-th low row (token order) goes to the i-th slot of [free slots ascending,
     // then valid ones by usage, then index]; rows beyond M are dropped
@@ -149,20 +157,33 @@ composed build_composed(ggml_context * ctx, const layer_tensors & L, const ggml_
                                   ggml_reshape_2d(ctx, rank, 1, T));                   // [M(rank), T]
     ggml_tensor * is_rank = one_minus(ctx, ggml_add(ctx, ggml_step(ctx, diff), ggml_step(ctx, ggml_neg(ctx, diff))));
     ggml_tensor * R = ggml_mul(ctx, is_rank, ggml_reshape_2d(ctx, s_low, 1, T));        // [rank, T]
-    ggml_tensor * A = ggml_mul_mat(ctx, P, R);                                          // [slot, T]
-    ggml_tensor * At = ggml_cont(ctx, ggml_transpose(ctx, A));                          // [T, slot]
-    ggml_tensor * w = ggml_sum_rows(ctx, At);                                           // [1, M]: slot written
-    ggml_tensor * keep = one_minus(ctx, w);
-    ggml_tensor * K2 = ggml_add(ctx, ggml_mul(ctx, K1, keep), ggml_mul_mat(ctx, Xt, At));
-    ggml_tensor * V2 = ggml_add(ctx, ggml_mul(ctx, V1, keep), ggml_mul_mat(ctx, Ot, At));
-    ggml_tensor * w1d = ggml_reshape_1d(ctx, w, M);
-    ggml_tensor * u2 = ggml_add(ctx, ggml_mul(ctx, u1, ggml_reshape_1d(ctx, keep, M)), w1d);
-    ggml_tensor * v2 = ggml_sub(ctx, ggml_add(ctx, v1, w1d), ggml_mul(ctx, v1, w1d));
-    ggml_tensor * kn2 = ggml_clamp(ctx, ggml_sqrt(ctx, ggml_sum_rows(ctx, ggml_sqr(ctx, K2))), EPS, INFINITY);
+    ggml_tensor * At = ggml_cont(ctx, ggml_transpose(ctx, ggml_mul_mat(ctx, P, R)));    // [T, slot]: token -> slot
+    ggml_tensor * w = ggml_reshape_1d(ctx, ggml_sum_rows(ctx, At), M);                  // [M]: slot written
+    ggml_tensor * u2 = ggml_add(ctx, ggml_mul(ctx, u1, one_minus(ctx, w)), w);
+    ggml_tensor * v2 = ggml_sub(ctx, ggml_add(ctx, v1, w), ggml_mul(ctx, v1, w));
+
+    // only the slots that change are computed and written: at most k*T merged and T replaced ones
+    // (top_k of the change mask: unique indices, unchanged slots among them rewrite their own values)
+    const int64_t R_max = std::min<int64_t>(M, (int64_t) k * T + T);
+    ggml_tensor * changed = ggml_top_k(ctx, ggml_reshape_2d(ctx, ggml_add(ctx, U, w), M, 1), (int) R_max); // i32 [R]
+    ggml_tensor * U_sel = ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, U, 1, M), changed), 1, R_max);
+    ggml_tensor * keep = one_minus(ctx, ggml_reshape_2d(ctx, ggml_get_rows(ctx, ggml_reshape_2d(ctx, w, 1, M), changed), 1, R_max));
+    ggml_tensor * A_sel = ggml_get_rows(ctx, At, changed); // [T, R]: which token each changed slot takes
+    const float mom = hp.momentum;
+    auto updated = [&](ggml_tensor * B, ggml_tensor * mean, ggml_tensor * rowsT) {
+        ggml_tensor * old = ggml_get_rows(ctx, B, changed);                               // [n_ff, R]
+        ggml_tensor * pulled = ggml_add(ctx, ggml_scale(ctx, old, mom), ggml_scale(ctx, mean, 1.0f - mom));
+        ggml_tensor * merged = ggml_add(ctx, ggml_mul(ctx, pulled, U_sel), ggml_mul(ctx, old, one_minus(ctx, U_sel)));
+        return ggml_add(ctx, ggml_mul(ctx, merged, keep), ggml_mul_mat(ctx, rowsT, A_sel));
+    };
+    ggml_tensor * K2 = updated(K, kbar, Xt);
+    ggml_tensor * V2 = updated(V, vbar, Ot);
+    ggml_tensor * kn2 = ggml_clamp(ctx, ggml_sqrt(ctx, ggml_sum_rows(ctx, ggml_sqr(ctx, K2))), EPS, INFINITY); // [1, R]
 
     composed c{O, cases, {}};
-    c.writes = {ggml_cpy(ctx, K2, K), ggml_cpy(ctx, V2, V), ggml_cpy(ctx, u2, u), ggml_cpy(ctx, v2, v),
-                ggml_cpy(ctx, ggml_reshape_1d(ctx, kn2, M), kn_view)};
+    c.writes = {ggml_set_rows(ctx, K, K2, changed), ggml_set_rows(ctx, V, V2, changed),
+                ggml_cpy(ctx, u2, u), ggml_cpy(ctx, v2, v),
+                ggml_set_rows(ctx, kn_view, ggml_reshape_2d(ctx, kn2, 1, R_max), changed)};
     return c;
 }
 
