@@ -5,6 +5,7 @@ Unreachable servers and servers of another protocol version are clear errors, ne
 RPC backend itself would raise.
 """
 
+import contextlib
 import json
 import re
 import socket
@@ -28,32 +29,44 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def rpc_server(tmp_path_factory):
-    """HOST:PORT of a running pace-gguf rpc-server (one thread: the client's threads keep the other core)."""
+@contextlib.contextmanager
+def _running_server(log_path):
+    """HOST:PORT of a pace-gguf rpc-server on 127.0.0.1 (one thread: the client's keep the other core)."""
     from conftest import pace_cli
     from pace_gguf import rpc
 
     endpoint = f"127.0.0.1:{_free_port()}"
-    log = (tmp_path_factory.mktemp("rpc") / "server.log").open("w+")
-    proc = subprocess.Popen(pace_cli() + ["rpc-server", "--port", endpoint.rpartition(":")[2], "--threads", "1"],
-                            stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                rpc.server_protocol(endpoint, timeout=2)
-                break
-            except rpc.RpcError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    log.seek(0)
-                    pytest.fail(f"the rpc-server did not start:\n{log.read()[-2000:]}")
-                time.sleep(0.2)
-        yield endpoint
-    finally:
-        proc.terminate()
-        proc.wait(timeout=30)
-        log.close()
+    with open(log_path, "w+") as log:
+        proc = subprocess.Popen(pace_cli() + ["rpc-server", "--port", endpoint.rpartition(":")[2], "--threads", "1"],
+                                stdout=log, stderr=subprocess.STDOUT)
+        try:
+            deadline = time.monotonic() + 60
+            while True:
+                try:
+                    rpc.server_protocol(endpoint, timeout=2)
+                    break
+                except rpc.RpcError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.seek(0)
+                        pytest.fail(f"the rpc-server did not start:\n{log.read()[-2000:]}")
+                    time.sleep(0.2)
+            yield endpoint
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def rpc_servers(tmp_path_factory):
+    """Two running servers (two machines' worth, on loopback)."""
+    folder = tmp_path_factory.mktemp("rpc")
+    with _running_server(folder / "a.log") as a, _running_server(folder / "b.log") as b:
+        yield a, b
+
+
+@pytest.fixture(scope="module")
+def rpc_server(rpc_servers):
+    return rpc_servers[0]
 
 
 def _chat(run_cli, *extra: str):
@@ -82,6 +95,17 @@ def test_all_layers_on_an_rpc_server_match_the_cpu_run(run_cli, rpc_server, defa
     # every layer, and the banks with them, on the server: the op ran there, updating its bank in place
     assert re.search(r"layer\s+26 assigned to device RPC0", remote.stderr), remote.stderr[-3000:]
     assert re.search(r"pace AMB bank .* in RPC0\[", remote.stderr), remote.stderr[-3000:]
+
+
+def test_layers_spread_over_two_servers_match_the_cpu_run(run_cli, rpc_servers, default_model_path):
+    cpu, cpu_stats = _chat(run_cli)
+    remote, remote_stats = _chat(run_cli, "--rpc", ",".join(rpc_servers), "--n-gpu-layers", "-1", "--verbose")
+    assert remote.stdout == cpu.stdout
+    assert remote_stats == cpu_stats, (cpu_stats, remote_stats)
+    # llama.cpp splits the layers by the servers' free memory: layer 12's bank on one, 26's on the other
+    devices = {int(il): dev for il, dev in re.findall(r"layer\s+(\d+) assigned to device (RPC\d)", remote.stderr)}
+    assert {devices[12], devices[26]} == {"RPC0", "RPC1"}, devices
+    assert len(re.findall(r"pace AMB bank .* in RPC\d\[", remote.stderr)) == 2, remote.stderr[-3000:]
 
 
 def test_an_unreachable_server_is_a_clear_error(run_cli, assert_one_line_error):
