@@ -840,7 +840,8 @@ size_t llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, i
 bool llama_pace_amb_runs_on(ggml_backend_dev_t dev) {
     try {
         const llama_pace_amb_params p = llama_pace_amb_defaults();
-        return dev && device_runs_amb(dev, amb_layer{0, 64}, p, 1, 1); // the op's support does not depend on its shapes
+        // a probe at a small width; the banks' placement asks again with each layer's own shapes
+        return dev && device_runs_amb(dev, amb_layer{0, 64}, p, 1, 1);
     } catch (const std::exception & e) {
         llama_pace_set_error(e.what());
         return false;
