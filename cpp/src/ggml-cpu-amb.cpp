@@ -104,13 +104,14 @@ void list_slots(const amb_op & op, const amb_work & w) {
     }
 }
 
-// All threads: norms of the rows, then the (token, slot) dot products, split evenly across threads.
+// All threads: norms of the rows, then the (token, slot) dot products, dealt out in turn (a bank
+// with few valid slots, or one token, still gives every thread a share).
 void token_similarities(const amb_op & op, const amb_work & w, int ith, int nth) {
     for (int64_t t = ith; t < op.T; t += nth) {
         w.norms[t] = clamped_norm(op.x_row(t), op.n_ff);
     }
-    const int64_t n_pairs = op.T * op.M, per = (n_pairs + nth - 1) / nth;
-    for (int64_t p = ith * per; p < std::min(n_pairs, (ith + 1) * per); ++p) {
+    const int64_t n_pairs = op.T * op.M;
+    for (int64_t p = ith; p < n_pairs; p += nth) {
         const int64_t t = p / op.M, i = p % op.M;
         if (has_bank(op, t) && i < w.n_slots[op.seq_of(t)]) {
             const bank_view b = op.view(op.seq_of(t), op.prompt_span(op.seq_of(t)));
