@@ -71,10 +71,9 @@ def device_line(device: dict) -> str:
 def cmd_rpc_server(args: argparse.Namespace) -> int:
     from . import rpc  # noqa: PLC0415
 
-    progress_line(f"rpc-server on {args.host}:{args.port} (llama.cpp's rpc-server on pace-gguf's ggml; "
-                  "Ctrl-C stops)")
-    rpc.serve(args.host, args.port, args.threads, args.cache)
-    return 1  # serve() returns only if the program could not be started
+    rpc.serve(args.host, args.port, args.threads, args.cache, on_start=lambda: progress_line(
+        f"rpc-server on {args.host}:{args.port} (llama.cpp's rpc-server on pace-gguf's ggml; Ctrl-C stops)"))
+    return 1  # unreachable: serve() replaces this process or raises
 
 
 # --- pull ------------------------------------------------------------------------------------------

@@ -157,7 +157,22 @@ def server_command(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: i
     return command
 
 
-def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int | None = None, cache: bool = False):
-    """Replaces this process with a server (returns only on failure to start it)."""
+def check_listenable(host: str, port: int) -> None:
+    """Raises RpcError unless this process could listen on host:port (the server program says "Failed to
+    create server socket" and exits with status 0 when it cannot)."""
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as sock:
+            sock.bind((host, port))
+    except OSError as exc:
+        raise RpcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def serve(host: str = "127.0.0.1", port: int = DEFAULT_PORT, threads: int | None = None, cache: bool = False,
+          on_start=None):
+    """Replaces this process with a server; `on_start()` runs once the checks have passed."""
     command = server_command(host, port, threads, cache)
+    check_listenable(host, port)
+    if on_start:
+        on_start()
     os.execv(command[0], command)

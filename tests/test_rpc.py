@@ -181,3 +181,11 @@ def test_estimate_puts_the_banks_of_offloaded_layers_on_the_server(run_cli, rpc_
     e = json.loads(result.stdout)
     assert e["gpu"]["name"] == "RPC0" and e["gpu"]["runs_amb"] is True
     assert e["amb_banks"] == 0 < e["gpu_amb_banks"]
+
+
+def test_a_server_on_a_busy_port_is_a_clear_error(run_cli, assert_one_line_error):
+    """llama.cpp's rpc-server exits with status 0 when it cannot listen; pace-gguf checks first."""
+    with socket.create_server(("127.0.0.1", 0)) as busy:
+        port = busy.getsockname()[1]
+        result = run_cli("rpc-server", "--port", str(port), timeout=60)
+    assert_one_line_error(result, f"127.0.0.1:{port}", "cannot listen")
