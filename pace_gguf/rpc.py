@@ -14,7 +14,6 @@ authentication or encryption; like upstream, bind servers to 127.0.0.1 or a priv
 from __future__ import annotations
 
 import ctypes
-import ipaddress
 import os
 import socket
 import struct
@@ -40,17 +39,14 @@ class RpcError(PaceError):
 
 
 def parse_endpoint(text: str) -> str:
-    """HOST:PORT, checked (a hostname, an IPv4 address, or [IPv6]:PORT); returns it as given."""
-    host, sep, port = text.strip().rpartition(":")
+    """HOST:PORT, checked; returns it as given. HOST is a name or an IPv4 address: llama.cpp's RPC
+    transport is IPv4 only (AF_INET, gethostbyname, and the first ':' ends the host)."""
+    host, sep, port = text.strip().partition(":")
+    if ":" in port or host.startswith("["):
+        raise RpcError(f"RPC server {text!r}: llama.cpp's RPC backend speaks IPv4 only; give a host name or "
+                       f"an IPv4 address, e.g. 127.0.0.1:{DEFAULT_PORT}")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise RpcError(f"RPC server {text!r}: give HOST:PORT, e.g. 127.0.0.1:{DEFAULT_PORT}")
-    if host.startswith("["):
-        if not host.endswith("]"):
-            raise RpcError(f"RPC server {text!r}: an IPv6 address goes in brackets, e.g. [::1]:{DEFAULT_PORT}")
-        try:
-            ipaddress.IPv6Address(host[1:-1])
-        except ValueError:
-            raise RpcError(f"RPC server {text!r}: {host} is not an IPv6 address") from None
     return text.strip()
 
 
@@ -76,9 +72,9 @@ def _recv_exact(sock: socket.socket, n: int) -> bytes:
 def server_protocol(endpoint: str, timeout: float = HANDSHAKE_TIMEOUT_S) -> tuple[int, int, int]:
     """The RPC protocol version (major, minor, patch) the server at endpoint answers the handshake with.
     Raises RpcError if nothing answers there."""
-    host, _, port = endpoint.rpartition(":")
+    host, _, port = endpoint.partition(":")
     try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout) as sock:
+        with socket.create_connection((host, int(port)), timeout=timeout) as sock:
             sock.sendall(_HELLO)
             (size,) = struct.unpack("<Q", _recv_exact(sock, 8))
             if not 3 <= size <= _HELLO_REPLY_MAX:
@@ -161,8 +157,7 @@ def check_listenable(host: str, port: int) -> None:
     """Raises RpcError unless this process could listen on host:port (the server program says "Failed to
     create server socket" and exits with status 0 when it cannot)."""
     try:
-        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
-        with socket.socket(family, socket.SOCK_STREAM) as sock:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:  # the server listens on IPv4 only
             sock.bind((host, port))
     except OSError as exc:
         raise RpcError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None

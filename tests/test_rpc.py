@@ -114,9 +114,11 @@ def test_an_unreachable_server_is_a_clear_error(run_cli, assert_one_line_error):
     assert_one_line_error(result, endpoint, "no answer", "pace-gguf rpc-server")
 
 
-def test_a_malformed_endpoint_is_a_clear_error(run_cli, assert_one_line_error):
-    result = run_cli("chat", "--prompt", "hi", "--max-tokens", "4", "--rpc", "localhost", "--n-gpu-layers", "-1")
-    assert_one_line_error(result, "localhost", "HOST:PORT")
+@pytest.mark.parametrize("endpoint, says", [("localhost", "HOST:PORT"), ("127.0.0.1:0", "HOST:PORT"),
+                                            ("[::1]:50052", "IPv4 only")])
+def test_a_malformed_endpoint_is_a_clear_error(run_cli, assert_one_line_error, endpoint, says):
+    result = run_cli("chat", "--prompt", "hi", "--max-tokens", "4", "--rpc", endpoint, "--n-gpu-layers", "-1")
+    assert_one_line_error(result, endpoint, says)
 
 
 def test_a_server_of_another_protocol_version_is_refused(run_cli, assert_one_line_error):
