@@ -59,7 +59,7 @@ def pace_cli() -> list[str]:
     return [str(exe)] if exe.exists() else [sys.executable, "-m", "pace_gguf"]
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def cli_command() -> list[str]:
     """The command line that starts pace-gguf (for tests that manage the process themselves)."""
     return pace_cli()

@@ -30,14 +30,13 @@ def _free_port() -> int:
 
 
 @contextlib.contextmanager
-def _running_server(log_path):
+def _running_server(cli_command, log_path):
     """HOST:PORT of a pace-gguf rpc-server on 127.0.0.1 (one thread: the client's keep the other core)."""
-    from conftest import pace_cli
     from pace_gguf import rpc
 
     endpoint = f"127.0.0.1:{_free_port()}"
     with open(log_path, "w+") as log:
-        proc = subprocess.Popen(pace_cli() + ["rpc-server", "--port", endpoint.rpartition(":")[2], "--threads", "1"],
+        proc = subprocess.Popen(cli_command + ["rpc-server", "--port", endpoint.rpartition(":")[2], "--threads", "1"],
                                 stdout=log, stderr=subprocess.STDOUT)
         try:
             deadline = time.monotonic() + 60
@@ -57,10 +56,10 @@ def _running_server(log_path):
 
 
 @pytest.fixture(scope="module")
-def rpc_servers(tmp_path_factory):
+def rpc_servers(tmp_path_factory, cli_command):
     """Two running servers (two machines' worth, on loopback)."""
     folder = tmp_path_factory.mktemp("rpc")
-    with _running_server(folder / "a.log") as a, _running_server(folder / "b.log") as b:
+    with _running_server(cli_command, folder / "a.log") as a, _running_server(cli_command, folder / "b.log") as b:
         yield a, b
 
 
