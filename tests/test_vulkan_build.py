@@ -1,7 +1,8 @@
 """The Vulkan build (cpp/build_vulkan.py), when this machine has one: every layer offloaded to a
-Vulkan device (a GPU, or Mesa's software driver lavapipe on a CPU-only machine), with the AMB on,
-against the installed CPU build. Today the AMB op has no Vulkan kernel, so the scheduler runs it on
-the CPU next to its bank; these tests hold that path to the CPU build's answer and case counts.
+Vulkan device (a GPU, or Mesa's software driver lavapipe on a CPU-only machine), with the AMB on.
+The op runs on the device with its bank in device memory (cpp/src/vulkan/amb.comp): held to the CPU
+op by test-backend-ops, to the CPU build's answer and case counts end to end, and its banks through
+the host's save/reset/load path.
 
 Marked `vulkan`; they skip unless cpp/build_vulkan.py has built the library into the user cache
 (the build needs Vulkan headers 1.3.261+, see its --help), so a plain CI machine skips them.
@@ -10,6 +11,8 @@ Marked `vulkan`; they skip unless cpp/build_vulkan.py has built the library into
 import importlib.util
 import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -38,27 +41,41 @@ pytestmark = [
 VULKAN_ENV = {"PACE_GGUF_LIB_DIR": str(LIB_DIR), "GGML_VK_VISIBLE_DEVICES": os.environ.get("GGML_VK_VISIBLE_DEVICES", "0")}
 
 
-def _answer_and_cases(run_cli, env: dict | None, n_gpu_layers: int) -> tuple[str, dict[int, tuple[int, int, int]]]:
+def _answer_and_cases(run_cli, env: dict | None, n_gpu_layers: int, *extra: str) -> tuple[str, dict[int, tuple[int, int, int]]]:
     result = run_cli("chat", "--prompt", PROMPT, "--temperature", "0", "--max-tokens", "16", "--amb-layers", "12,26",
-                     "--stats", "--n-gpu-layers", str(n_gpu_layers), env=env, timeout=900)
+                     "--stats", "--n-gpu-layers", str(n_gpu_layers), *extra, env=env, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
     cases = {int(m[1]): (int(m[2]), int(m[3]), int(m[4])) for m in STATS.finditer(result.stderr)}
     assert set(cases) == {12, 26}, result.stderr[-3000:]
     return result.stdout, cases
 
 
-def test_vulkan_build_sees_a_vulkan_device_where_the_amb_runs_on_the_cpu(run_cli):
+def test_vulkan_build_sees_a_vulkan_device_where_the_amb_runs(run_cli):
     result = run_cli("info", env=VULKAN_ENV)
     assert result.returncode == 0, result.stderr
     backends = next(line for line in result.stdout.splitlines() if line.startswith("backends"))
     assert "Vulkan" in backends, result.stdout
     device = next((line for line in result.stdout.splitlines() if line.strip().startswith("Vulkan0")), None)
-    assert device is not None and "AMB runs on the CPU" in device, result.stdout
+    assert device is not None and "AMB runs here" in device, result.stdout
 
 
-def test_all_layers_on_vulkan_with_the_amb_on_match_the_cpu_build(run_cli, default_model_path):
-    cpu_text, cpu_cases = _answer_and_cases(run_cli, None, 0)
-    vk_text, vk_cases = _answer_and_cases(run_cli, VULKAN_ENV, -1)
+def test_every_amb_case_passes_on_the_vulkan_device_against_the_cpu():
+    build_dir = LIB_DIR.parent
+    result = subprocess.run([sys.executable, str(ROOT / "cpp" / "backend_ops.py"), "--build-dir", str(build_dir)],
+                            capture_output=True, text=True, timeout=3600, env=dict(os.environ, **VULKAN_ENV))
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert re.search(r"Backend \d+/\d+: Vulkan0", result.stdout), result.stdout[-3000:]
+    passed = re.search(r"^\s*(\d+)/(\d+) tests passed", result.stdout, re.M)
+    assert passed and passed[1] == passed[2] and int(passed[2]) >= 30, result.stdout[-3000:]
+    for case in ("n_ff=18944,n_tokens=2048", "fill=0", "fill=2", "n_seq=3", "mode=1"):
+        assert case in result.stdout, case
+
+
+@pytest.mark.parametrize("granularity", ["ubatch", "prompt"])
+def test_all_layers_on_vulkan_with_the_amb_on_match_the_cpu_build(run_cli, default_model_path, granularity):
+    extra = ("--amb-granularity", granularity)
+    cpu_text, cpu_cases = _answer_and_cases(run_cli, None, 0, *extra)
+    vk_text, vk_cases = _answer_and_cases(run_cli, VULKAN_ENV, -1, *extra)
     assert ANSWER in cpu_text and ANSWER in vk_text, (cpu_text, vk_text)
     for layer in (12, 26):
         # the same tokens pass through each bank; Vulkan's kernels round differently from the CPU's,
@@ -67,3 +84,33 @@ def test_all_layers_on_vulkan_with_the_amb_on_match_the_cpu_build(run_cli, defau
         assert sum(vk_cases[layer]) == total, (layer, cpu_cases, vk_cases)
         changed = sum(abs(a - b) for a, b in zip(vk_cases[layer], cpu_cases[layer])) // 2
         assert changed <= max(2, 0.02 * total), (layer, cpu_cases, vk_cases)
+
+
+BANKS_ON_THE_DEVICE = """
+import sys
+import numpy as np
+from pace_gguf import Llama
+
+llm = Llama(sys.argv[1], n_ctx=512, n_threads=1, n_gpu_layers=-1, verbose=False, pace={"layers": (12, 26)})
+tokens = llm.tokenize(b"Note: the door code is 4817. What is the door code?")
+llm.eval(tokens)
+llm.eval(tokens[:5])  # a second decode: it retrieves from what the first one stored
+state, bank, stats = llm.save_state(), llm.amb_bank(26), llm.memory_stats()
+assert stats[26].slots_used > 0 and np.isfinite(bank["keys"]).all()
+llm.reset_memory()
+assert llm.memory_stats()[26].slots_used == 0
+llm.load_state(state)
+assert all(np.array_equal(bank[k], llm.amb_bank(26)[k]) for k in bank)
+assert llm.memory_stats() == stats, (llm.memory_stats(), stats)
+print("banks on the device: saved, reset and restored", stats[26].slots_used)
+"""
+
+
+def test_banks_on_the_device_survive_save_reset_load(default_model_path, tmp_path):
+    import pace_gguf
+
+    env = dict(os.environ, **VULKAN_ENV, PYTHONPATH=str(Path(pace_gguf.__file__).resolve().parents[1]))
+    result = subprocess.run([sys.executable, "-c", BANKS_ON_THE_DEVICE, str(default_model_path)],
+                            capture_output=True, text=True, timeout=900, cwd=tmp_path, env=env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "banks on the device" in result.stdout

@@ -4,7 +4,9 @@
 // argmax, argsort, get_rows, cumsum, step, sum_rows, arithmetic), runs it on a backend (the CPU, or
 // any device ggml was built with: --device Vulkan0), and compares it with the fused GGML_OP_AMB on
 // the CPU, the oracle: enhanced rows, case labels, and the bank after the store. Then it times both
-// and counts the composed graph's nodes.
+// and counts the composed graph's nodes. `--impl fused` runs the device's own GGML_OP_AMB kernel
+// instead (cpp/src/vulkan/amb.comp on Vulkan), against the same oracle, with the store in chunks of
+// --chunk rows: the check and the timing of a backend kernel.
 //
 // Scope of the prototype: one sequence, ubatch granularity, the released code's rules ("code"
 // mode), one store chunk (n_tokens <= chunk), finite rows. Not covered: several sequences per
@@ -12,7 +14,8 @@
 // non-finite rows. Ties between equal similarities are left to top_k (the fused op: lower slot).
 //
 //   cmake --build build/<wheel tag> --target pace-amb-composed
-//   build/<wheel tag>/bin/pace-amb-composed [--device NAME] [--n-ff N] [--tokens T] [--reps R]
+//   build/<wheel tag>/bin/pace-amb-composed [--device NAME] [--impl composed|fused] [--n-ff N]
+//                                           [--tokens T] [--chunk C] [--reps R]
 #include "ggml.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -195,6 +198,8 @@ struct options {
     int64_t tokens = 64;
     int reps = 5;
     int threads = 2;
+    int chunk = 1024;   // store chunk of the fused op (the composed graph stores one chunk)
+    bool fused = false; // --impl fused: the device's GGML_OP_AMB kernel instead of the composed graph
 };
 
 struct state {
@@ -243,11 +248,11 @@ struct run_result {
     int n_nodes = 0; // computing nodes
 };
 
-ggml_amb_params default_params() {
-    return {0.75f, 0.25f, 0.2f, 1.0f, 0.5f, 0.1f, 0.5f, 5, 2, 5, 1024, 0};
+ggml_amb_params default_params(int chunk = 1024) {
+    return {0.75f, 0.25f, 0.2f, 1.0f, 0.5f, 0.1f, 0.5f, 5, 2, 5, chunk, 0};
 }
 
-run_result run(ggml_backend_t backend, bool fused, const state & s, int64_t n_ff, int64_t T, int M, int reps) {
+run_result run(ggml_backend_t backend, bool fused, const state & s, int64_t n_ff, int64_t T, int M, int reps, int chunk) {
     ggml_init_params ip = {ggml_tensor_overhead() * 1024 + ggml_graph_overhead_custom(4096, false), nullptr, true};
     ggml_context * ctx = ggml_init(ip);
     layer_tensors L;
@@ -275,7 +280,7 @@ run_result run(ggml_backend_t backend, bool fused, const state & s, int64_t n_ff
     ggml_cgraph * gf = ggml_new_graph_custom(ctx, 4096, false);
     ggml_tensor * out, * cases = nullptr;
     if (fused) {
-        out = ggml_amb(ctx, L.x, tokens, L.bank, L.meta, st, nullptr, nullptr, nullptr, default_params());
+        out = ggml_amb(ctx, L.x, tokens, L.bank, L.meta, st, nullptr, nullptr, nullptr, default_params(chunk));
         ggml_build_forward_expand(gf, out);
     } else {
         composed c = build_composed(ctx, L, default_params());
@@ -346,6 +351,8 @@ options parse(int argc, char ** argv) {
         else if (a == "--tokens") o.tokens = std::stoll(argv[i + 1]);
         else if (a == "--reps") o.reps = std::stoi(argv[i + 1]);
         else if (a == "--threads") o.threads = std::stoi(argv[i + 1]);
+        else if (a == "--chunk") o.chunk = std::stoi(argv[i + 1]);
+        else if (a == "--impl") o.fused = std::string(argv[i + 1]) == "fused";
     }
     return o;
 }
@@ -366,8 +373,9 @@ int main(int argc, char ** argv) {
     ggml_backend_t backend = o.device == "CPU" ? cpu : ggml_backend_dev_init(dev, nullptr);
 
     const state s = make_state(o.n_ff, o.tokens, M, 42);
-    const run_result ref = run(cpu, true, s, o.n_ff, o.tokens, M, o.reps);
-    const run_result got = run(backend, false, s, o.n_ff, o.tokens, M, o.reps);
+    const run_result ref = run(cpu, true, s, o.n_ff, o.tokens, M, o.reps, o.chunk);
+    const run_result got = run(backend, o.fused, s, o.n_ff, o.tokens, M, o.reps, o.chunk);
+    const char * impl = o.fused ? "fused" : "composed";
 
     int same = 0, n_case[3] = {0, 0, 0};
     for (int64_t t = 0; t < o.tokens; ++t) {
@@ -381,13 +389,13 @@ int main(int argc, char ** argv) {
         valid_same += ref.meta[M + j] == got.meta[M + j];
     }
     printf("device %s, n_ff %lld, tokens %lld, bank %d (half full)\n", o.device.c_str(), (long long) o.n_ff, (long long) o.tokens, M);
-    printf("  cases (fused): low %d, mid %d, high %d; composed agrees on %d/%lld\n", n_case[0], n_case[1], n_case[2],
-           same, (long long) o.tokens);
+    printf("  cases (fused, CPU): low %d, mid %d, high %d; %s (%s) agrees on %d/%lld\n", n_case[0], n_case[1], n_case[2],
+           impl, o.device.c_str(), same, (long long) o.tokens);
     printf("  enhanced rows: max |diff| / max |fused| = %.3g\n", max_rel_diff(got.out, ref.out, 0, ref.out.size()));
     printf("  bank after the store: keys %.3g, values %.3g (relative); usage equal %d/%d, valid equal %d/%d\n",
            max_rel_diff(got.bank, ref.bank, 0, kv), max_rel_diff(got.bank, ref.bank, kv, 2 * kv), usage_same, M, valid_same, M);
-    printf("  time per call: fused (CPU) %.1f us, composed (%s) %.1f us, %d computing nodes\n", ref.seconds_per_call * 1e6,
-           o.device.c_str(), got.seconds_per_call * 1e6, got.n_nodes);
+    printf("  time per call: fused (CPU) %.1f us, %s (%s) %.1f us, %d computing nodes\n", ref.seconds_per_call * 1e6,
+           impl, o.device.c_str(), got.seconds_per_call * 1e6, got.n_nodes);
     if (backend != cpu) ggml_backend_free(backend);
     ggml_backend_free(cpu);
     return same == o.tokens ? 0 : 1;

@@ -1,0 +1,147 @@
+// GGML_OP_AMB on ggml-vulkan (pace-gguf). Two dispatches of amb.comp with a barrier between them:
+// retrieval (one workgroup per token), then the store (one workgroup per sequence, the bank's only
+// writer). The retrieval hands the store each token's similarities, case and "storable" flag through
+// a scratch buffer, ggml-vulkan's split-k buffer, as its other multi-pass ops do.
+#include "ggml-vulkan-amb.h"
+
+#include <algorithm>
+#include <cstring>
+
+namespace {
+
+// Bounds compiled into amb.comp (shared memory: under 16 KiB, Vulkan's guaranteed minimum).
+constexpr int64_t BLOCK        = 256; // invocations per workgroup
+constexpr int64_t NB           = 4;   // slots per reduction pass
+constexpr int64_t MAX_BANK     = 256;
+constexpr int64_t MAX_CHUNK    = 1024;
+constexpr int64_t MAX_TOKENS   = 1 << 28; // token indices share an int with three flags
+constexpr int64_t MAX_ELEMENTS = INT32_MAX;
+
+// amb.comp's scratch: similarities with M slots of R rows (T tokens, then in prompt granularity
+// `chunk` pending rows per sequence), then per token its case and whether it can be stored.
+size_t scratch_elements(const ggml_tensor * dst) {
+    ggml_amb_params hp;
+    std::memcpy(&hp, dst->op_params, sizeof(hp));
+    const int64_t T = dst->src[0]->ne[1], M = dst->src[2]->ne[1] / 2, S = dst->src[2]->ne[2];
+    const int64_t R = T + (dst->src[7] != nullptr ? S * hp.chunk : 0);
+    return (size_t) R * M + 2 * (size_t) T;
+}
+
+size_t scratch_bytes(const ggml_tensor * dst) {
+    return sizeof(float) * scratch_elements(dst);
+}
+
+vk_op_amb_push_constants push_constants(const ggml_tensor * dst) {
+    const ggml_tensor * a = dst->src[0];
+    const ggml_tensor * bank = dst->src[2];
+    const ggml_tensor * state = dst->src[4];
+    ggml_amb_params hp;
+    std::memcpy(&hp, dst->op_params, sizeof(hp));
+    vk_op_amb_push_constants pc{};
+    pc.n_ff = (uint32_t) a->ne[0];
+    pc.T = (uint32_t) a->ne[1];
+    pc.M = (uint32_t) (bank->ne[1] / 2);
+    pc.S = (uint32_t) bank->ne[2];
+    pc.a_stride = (uint32_t) (a->nb[1] / sizeof(float));
+    pc.o_stride = (uint32_t) (dst->nb[1] / sizeof(float));
+    pc.state_stride = (uint32_t) (state->nb[1] / sizeof(int32_t));
+    pc.n_pos = (uint32_t) (state->ne[0] - GGML_AMB_STATE_HEADER);
+    pc.has_snap = dst->src[5] != nullptr;
+    pc.has_pend = dst->src[7] != nullptr;
+    pc.theta_high = hp.theta_high;
+    pc.theta_low = hp.theta_low;
+    pc.alpha = hp.alpha;
+    pc.w_high = hp.w_high;
+    pc.w_mid = hp.w_mid;
+    pc.lambda = hp.lambda;
+    pc.momentum = hp.momentum;
+    pc.topk = hp.topk;
+    pc.negk = hp.negk;
+    pc.store_topk = hp.store_topk;
+    pc.chunk = hp.chunk;
+    pc.mode = hp.mode;
+    return pc;
+}
+
+int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Mesa's software driver (lavapipe) ends every loop of a shader invocation once that invocation has
+// run 65535 loop iterations in all (gallivm's LP_MAX_TGSI_LOOP_ITERATIONS, shared by all loops),
+// silently: a store that needs more comes out wrong (seen: T=2048, n_ff=1536, chunk 1024). An
+// upper bound of the iterations of the busiest invocation of either shader, to keep such ops on the
+// CPU there. GPU drivers have no such limit.
+int64_t loop_iterations_bound(const ggml_tensor * op) {
+    ggml_amb_params hp;
+    std::memcpy(&hp, op->op_params, sizeof(hp));
+    const int64_t n_ff = op->src[0]->ne[0], T = op->src[0]->ne[1], M = op->src[2]->ne[1] / 2;
+    const int64_t rows = std::min<int64_t>(T, hp.chunk), d_per = ceil_div(n_ff, BLOCK);
+    const bool pend = op->src[7] != nullptr;
+    // chunks stored per sequence; all but a ubatch's first compute their similarities in the store
+    const int64_t chunks = pend ? ceil_div(T + hp.chunk - 1, hp.chunk) : ceil_div(std::max<int64_t>(T, 1), hp.chunk);
+    const int64_t chunks_with_sims = pend ? chunks : chunks - 1;
+    const int64_t retrieve = ceil_div(M, NB) * (d_per + 16) + 2 * M * ceil_div(M, BLOCK) + d_per * (hp.topk + hp.negk + 2) + 2 * M;
+    const int64_t per_chunk = ceil_div(rows, BLOCK) * 2 * hp.store_topk * M          // classification
+                            + d_per * (rows + M) + ceil_div(M, NB) * (d_per + 16)      // merge, key norms
+                            + 3 * M * ceil_div(M, BLOCK) + ceil_div(rows, BLOCK) * rows // slot and row ranks
+                            + (ceil_div(T, BLOCK) + 1) * T + d_per * M;                // gathering, replacement
+    const int64_t sims = ceil_div(rows * M, BLOCK) * (n_ff + 1) + ceil_div(rows, BLOCK) * n_ff;
+    const int64_t store = chunks * per_chunk + chunks_with_sims * sims + ceil_div(T, BLOCK) + (pend ? T * (d_per + 4) : 0);
+    return std::max(retrieve, store);
+}
+
+constexpr int64_t LAVAPIPE_LOOP_BUDGET = 65535;
+
+} // namespace
+
+bool ggml_vk_amb_supported(const vk_device & device, const ggml_tensor * op) {
+    const ggml_tensor * a = op->src[0];
+    const ggml_tensor * bank = op->src[2];
+    const ggml_tensor * pend = op->src[7];
+    ggml_amb_params hp;
+    std::memcpy(&hp, op->op_params, sizeof(hp));
+    const bool fits = bank->ne[1] / 2 <= MAX_BANK && hp.chunk <= MAX_CHUNK && a->ne[1] < MAX_TOKENS
+                   && ggml_nelements(bank) <= MAX_ELEMENTS && ggml_nelements(a) <= MAX_ELEMENTS
+                   && ggml_nelements(op->src[4]) <= MAX_ELEMENTS
+                   && (pend == nullptr || ggml_nelements(pend) <= MAX_ELEMENTS)
+                   && scratch_elements(op) <= (size_t) MAX_ELEMENTS;
+    // the store buffers rows in `pend` exactly when it reads the snapshot (the bank owner passes both)
+    const bool layout = (op->src[5] == nullptr) == (pend == nullptr) && (pend == nullptr || ggml_is_contiguous(pend))
+                     && a->nb[1] % sizeof(float) == 0 && ggml_is_contiguous_rows(op);
+    const bool within_driver = device->driver_id != vk::DriverId::eMesaLlvmpipe || loop_iterations_bound(op) < LAVAPIPE_LOOP_BUDGET;
+    return fits && layout && within_driver && scratch_bytes(op) <= device->max_buffer_size;
+}
+
+void ggml_vk_amb(ggml_backend_vk_context * ctx, vk_context & subctx, ggml_tensor * dst) {
+    vk_pipeline & retrieve = ctx->device->pipeline_amb_retrieve_f32;
+    vk_pipeline & store = ctx->device->pipeline_amb_store_f32;
+    ggml_pipeline_request_descriptor_sets(ctx, retrieve, 1);
+    ggml_pipeline_request_descriptor_sets(ctx, store, 1);
+
+    const size_t scratch_size = scratch_bytes(dst);
+    if (ctx->prealloc_size_split_k < scratch_size) {
+        ctx->prealloc_size_split_k = scratch_size;
+        ggml_vk_preallocate_buffers(ctx, subctx);
+    }
+    if (ctx->prealloc_split_k_need_sync) {
+        ggml_vk_sync_buffers(ctx, subctx);
+    }
+
+    const vk_subbuffer bank = ggml_vk_tensor_subbuffer(ctx, dst->src[2]);
+    const vk_subbuffer meta = ggml_vk_tensor_subbuffer(ctx, dst->src[3]);
+    // absent snapshot / pending rows: bind the bank in their place; the shaders never touch them then
+    const vk_subbuffer snap = dst->src[5] ? ggml_vk_tensor_subbuffer(ctx, dst->src[5]) : bank;
+    const vk_subbuffer snap_meta = dst->src[6] ? ggml_vk_tensor_subbuffer(ctx, dst->src[6]) : meta;
+    const vk_subbuffer pend = dst->src[7] ? ggml_vk_tensor_subbuffer(ctx, dst->src[7]) : bank;
+    const vk_subbuffer scratch = ggml_vk_subbuffer(ctx, ctx->prealloc_split_k, 0);
+    const std::initializer_list<vk::DescriptorBufferInfo> buffers = {
+        ggml_vk_tensor_subbuffer(ctx, dst->src[0]), ggml_vk_tensor_subbuffer(ctx, dst->src[1]), bank, meta,
+        ggml_vk_tensor_subbuffer(ctx, dst->src[4]), snap, snap_meta, pend, ggml_vk_tensor_subbuffer(ctx, dst), scratch,
+    };
+    const vk_op_amb_push_constants pc = push_constants(dst);
+    const uint32_t max_groups = ctx->device->properties.limits.maxComputeWorkGroupCount[0];
+
+    ggml_vk_dispatch_pipeline(ctx, subctx, retrieve, buffers, pc, {std::min(pc.T, max_groups), 1, 1});
+    ggml_vk_sync_buffers(ctx, subctx);
+    ggml_vk_dispatch_pipeline(ctx, subctx, store, buffers, pc, {std::min(pc.S, max_groups), 1, 1});
+    ctx->prealloc_split_k_need_sync = true;
+}

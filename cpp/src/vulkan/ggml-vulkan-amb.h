@@ -1,0 +1,19 @@
+// GGML_OP_AMB on ggml-vulkan (pace-gguf): the dispatch of the two shaders in amb.comp. Compiled into
+// libggml-vulkan; cpp/patches/0010 hooks it into ggml-vulkan.cpp (pipelines, graph, supports_op).
+#pragma once
+
+#include "ggml-vulkan-common.h"
+
+// Mirrors amb.comp's push constants; the op's parameters (ggml_amb_params) follow the shapes.
+struct vk_op_amb_push_constants {
+    uint32_t n_ff, T, M, S;
+    uint32_t a_stride, o_stride, state_stride, n_pos; // row strides in elements
+    uint32_t has_snap, has_pend;
+    float    theta_high, theta_low, alpha, w_high, w_mid, lambda, momentum;
+    int32_t  topk, negk, store_topk, chunk, mode;
+};
+
+// Whether the shaders take this op: bank and chunk within their shared-memory bounds, 32-bit indices.
+bool ggml_vk_amb_supported(const vk_device & device, const ggml_tensor * op);
+
+void ggml_vk_amb(ggml_backend_vk_context * ctx, vk_context & subctx, ggml_tensor * dst);
