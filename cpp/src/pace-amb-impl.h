@@ -65,6 +65,7 @@ struct llama_pace_amb {
     const llama_model & model;
     const uint32_t      n_seq;
     const uint32_t      n_pos;
+    const uint32_t      n_ubatch; // the largest ubatch an op will see
 
     amb_banks   banks;
     std::string model_params_error; // why the model's pace.amb.* keys were rejected (AMB then off)
@@ -89,7 +90,7 @@ struct llama_pace_amb {
     std::vector<int32_t> n_built;
     std::string          build_error;
 
-    llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32_t n_pos);
+    llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32_t n_pos, uint32_t n_ubatch);
 
     const llama_pace_amb_params & params() const { return banks.params; }
     bool enabled() const { return !banks.layers.empty(); }

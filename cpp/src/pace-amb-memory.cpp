@@ -102,7 +102,8 @@ std::unique_ptr<llama_memory_i> llama_pace_memory_wrap(std::unique_ptr<llama_mem
     if (!memory) {
         return memory;
     }
-    auto amb = std::make_unique<llama_pace_amb>(model, std::max(1u, cparams.n_seq_max), cparams.n_ctx);
+    auto amb = std::make_unique<llama_pace_amb>(model, std::max(1u, cparams.n_seq_max), cparams.n_ctx,
+                                                std::max(1u, cparams.n_ubatch));
     try {
         amb->configure(llama_pace_amb_params_from_model(model));
     } catch (const std::exception & e) {

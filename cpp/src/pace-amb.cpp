@@ -48,8 +48,8 @@ void llama_pace_set_error(const std::string & msg) {
 
 // ---- the bank owner --------------------------------------------------------------------------------
 
-llama_pace_amb::llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32_t n_pos) :
-    model(model), n_seq(n_seq), n_pos(n_pos), seqs(n_seq), shared_with(n_seq, -1), has_own(n_seq, 0) {
+llama_pace_amb::llama_pace_amb(const llama_model & model, uint32_t n_seq, uint32_t n_pos, uint32_t n_ubatch) :
+    model(model), n_seq(n_seq), n_pos(n_pos), n_ubatch(n_ubatch), seqs(n_seq), shared_with(n_seq, -1), has_own(n_seq, 0) {
     banks.params = llama_pace_amb_defaults();
     banks.layer_index.assign(model.hparams.n_layer(), -1);
 }
@@ -109,12 +109,15 @@ ggml_backend_buffer_type_t host_buffer_type() {
 
 // Whether `dev`'s backend runs GGML_OP_AMB on layer l's tensors: asked of the backend itself with
 // an op of the layer's shapes (one token).
-bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos) {
+// Asked with the largest ubatch (n_tokens = n_ubatch): a backend may take small ops only (ggml-vulkan
+// on lavapipe does), and once the bank lives on the device every later op must run there.
+bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos,
+                     uint32_t n_tokens) {
     ggml_context_ptr ctx = new_tensor_context(2);
     amb_layer probe{l.il, l.n_ff};
     new_layer_tensors(ctx.get(), probe, p, n_seq, n_pos);
-    ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, 1);
-    ggml_tensor * tokens = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_I32, 2, 1);
+    ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, n_tokens);
+    ggml_tensor * tokens = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_I32, 2, n_tokens);
     ggml_tensor * out = ggml_amb(ctx.get(), a, tokens, probe.bank, probe.meta, probe.state,
                                  probe.snap, probe.snap_meta, probe.pend, op_params(p));
     return ggml_backend_dev_supports_op(dev, out);
@@ -124,16 +127,17 @@ bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pa
 // in place there; else in host memory, where the CPU kernel does (a bank on a device that cannot run
 // the op would be copied to the CPU for every ubatch, and the op's updates would go to the copy).
 ggml_backend_buffer_type_t bank_buffer_type(const llama_model & model, const amb_layer & l, const llama_pace_amb_params & p,
-                                            uint32_t n_seq, uint32_t n_pos) {
+                                            uint32_t n_seq, uint32_t n_pos, uint32_t n_ubatch) {
     ggml_backend_dev_t dev = model.dev_layer(l.il);
-    if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU && device_runs_amb(dev, l, p, n_seq, n_pos)) {
+    if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU && device_runs_amb(dev, l, p, n_seq, n_pos, n_ubatch)) {
         return ggml_backend_dev_buffer_type(dev);
     }
     return host_buffer_type();
 }
 
 // Allocates zeroed banks for `p` (already validated); throws if the memory is not there.
-amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & model, uint32_t n_seq, uint32_t n_pos) {
+amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & model, uint32_t n_seq, uint32_t n_pos,
+                         uint32_t n_ubatch) {
     amb_banks nb;
     nb.params = p;
     nb.layer_index.assign(model.hparams.n_layer(), -1);
@@ -148,7 +152,7 @@ amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & mo
     }
     std::vector<ggml_backend_buffer_type_t> bufts;
     for (auto & l : nb.layers) {
-        ggml_backend_buffer_type_t buft = bank_buffer_type(model, l, p, n_seq, n_pos);
+        ggml_backend_buffer_type_t buft = bank_buffer_type(model, l, p, n_seq, n_pos, n_ubatch);
         const size_t i = std::find(bufts.begin(), bufts.end(), buft) - bufts.begin();
         if (i == bufts.size()) {
             bufts.push_back(buft);
@@ -181,7 +185,7 @@ void llama_pace_amb::configure(const llama_pace_amb_params & p) {
     if (!err.empty()) {
         throw std::runtime_error("invalid AMB parameters: " + err);
     }
-    amb_banks fresh = allocate_banks(p, model, n_seq, n_pos); // throws before anything changed
+    amb_banks fresh = allocate_banks(p, model, n_seq, n_pos, n_ubatch); // throws before anything changed
     std::swap(banks, fresh);
     seqs.assign(n_seq, seq_info{});
     prompt_span_open = false;
@@ -841,7 +845,7 @@ bool llama_pace_amb_runs_on(ggml_backend_dev_t dev) {
     try {
         const llama_pace_amb_params p = llama_pace_amb_defaults();
         // a probe at a small width; the banks' placement asks again with each layer's own shapes
-        return dev && device_runs_amb(dev, amb_layer{0, 64}, p, 1, 1);
+        return dev && device_runs_amb(dev, amb_layer{0, 64}, p, 1, 1, 1);
     } catch (const std::exception & e) {
         llama_pace_set_error(e.what());
         return false;

@@ -84,7 +84,8 @@ int64_t loop_iterations_bound(const ggml_tensor * op) {
                             + d_per * (rows + M) + ceil_div(M, NB) * (d_per + 16)      // merge, key norms
                             + 3 * M * ceil_div(M, BLOCK) + ceil_div(rows, BLOCK) * rows // slot and row ranks
                             + (ceil_div(T, BLOCK) + 1) * T + d_per * M;                // gathering, replacement
-    const int64_t sims = ceil_div(rows * M, BLOCK) * (n_ff + 1) + ceil_div(rows, BLOCK) * n_ff;
+    const int64_t sim_rows = pend ? hp.chunk : rows; // a pending flush stores a full chunk
+    const int64_t sims = ceil_div(sim_rows * M, BLOCK) * (n_ff + 1) + ceil_div(sim_rows, BLOCK) * n_ff * 2;
     const int64_t store = chunks * per_chunk + chunks_with_sims * sims + ceil_div(T, BLOCK) + (pend ? T * (d_per + 4) : 0);
     return std::max(retrieve, store);
 }
