@@ -7,13 +7,13 @@
 //                case, the enhanced row. Writes to a scratch buffer, per token, the similarities
 //                (reused by the store, as the CPU kernel reuses them), the case and whether the row
 //                can be stored.
-//  AMB_STORE     one workgroup per sequence, the bank's only writer: counters and case log in token
-//                order, then the store chunk by chunk (ubatch granularity), or the rows buffered in
-//                `pend` and stored a full chunk at a time (prompt granularity).
+//  AMB_STORE     one workgroup per sequence, the bank's only writer: counters and case log, then the
+//                store chunk by chunk (ubatch granularity), or the rows buffered in `pend` and stored
+//                a full chunk at a time (prompt granularity).
 //
 // Every list (valid slots, picks, replacement order, a chunk's rows) is built in parallel, each entry
-// placed at its rank by the invocation that owns it: no invocation appends to shared memory in a
-// loop (lavapipe was seen to lose such writes), and no single invocation carries serial work.
+// placed at its rank by the invocation that owns it, so that no invocation carries serial work (Mesa's
+// lavapipe also ends an invocation's loops after 65,535 iterations in all: ggml-vulkan-amb.cpp).
 //
 // Tie-breaks follow the CPU kernel: the lower slot wins among equal similarities; NaN ranks above
 // every number. Sums are reduced in a tree, so results agree with the CPU op within rounding, not
@@ -26,6 +26,7 @@
 #define MAX_CHUNK 1024  // largest store chunk (ggml_vk_amb_supported)
 #define EPS 1e-8
 
+// mirrors of pace-amb-math.h and pace-amb-layout.h
 #define CASE_LOW 0
 #define CASE_MID 1
 #define CASE_HIGH 2
@@ -56,7 +57,7 @@ layout(binding = 5) readonly buffer SNAP  { float snap[]; };
 layout(binding = 6) readonly buffer SNAPM { float snap_meta[]; };
 layout(binding = 7) coherent buffer PEND  { float pend[]; };
 layout(binding = 8) coherent buffer D     { float dst[]; };
-layout(binding = 9) coherent buffer SCRATCH { float scratch[]; }; // sims [R*M] | case [T] | storable [T] // sims [R*M] | case [T] | storable [T], R = max(T, chunk)
+layout(binding = 9) coherent buffer SCRATCH { float scratch[]; }; // sims [R*M] | case [T] | storable [T] (sim_rows)
 
 shared float red[NB * BLOCK];
 shared int   s_slots[MAX_M];  // valid slots, ascending
@@ -169,13 +170,13 @@ void similarities(uint src, bool from_snap, uint seq, uint r, float rn, int m) {
     }
 }
 
-// Clamped norm of row r, and (in s_int[1]) whether its key, and its value if `with_val`, are finite.
-float row_norm(uint src, uint seq, uint r, bool with_val) {
+// Clamped norm of token t's row, and (in s_int[1]) whether the row is finite.
+float token_norm(uint t) {
     float sq = 0.0, bad = 0.0;
     for (uint d = tid(); d < p.n_ff; d += BLOCK) {
-        const float x = row_key(src, seq, r, d);
+        const float x = a[t * p.a_stride + d];
         sq += x * x;
-        bad += (is_finite(x) && (!with_val || is_finite(row_val(src, seq, r, d)))) ? 0.0 : 1.0;
+        bad += is_finite(x) ? 0.0 : 1.0;
     }
     red[tid()] = sq;
     red[BLOCK + tid()] = bad;
@@ -301,7 +302,7 @@ void retrieve(uint t) {
     const uint seq = uint(seq_i);
     const bool from_snap = prompt_span(seq);
     const int m = list_slots(from_snap, seq);
-    const float xn = row_norm(SRC_TOKENS, seq, t, false);
+    const float xn = token_norm(t);
     const bool x_finite = s_int[1] != 0;
     if (m == 0 || !x_finite) {
         copy_row(t);
