@@ -4,6 +4,7 @@ default model pulled through the registry (cached in the user cache, so CI pulls
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
 
 # A job started in the background (`cmd &`, nohup) inherits SIGINT ignored, and so would every CLI
 # process the tests start, since an ignored signal stays ignored across exec: the Ctrl-C tests would
@@ -74,6 +77,41 @@ def run_cli():
         )
 
     return run
+
+
+@pytest.fixture
+def run_python(tmp_path):
+    """Runs a script in a process of its own (for checks whose state lasts a process, such as added
+    RPC servers), with the tests' pace_gguf (installed, or the checkout on PYTHONPATH) rather than
+    the current folder's, in a temporary folder; fails with its stderr unless it exits 0."""
+    import pace_gguf
+
+    def run(script: str, *args: str, env: dict | None = None, timeout: float = 600) -> str:
+        full_env = dict(os.environ, **(env or {}), PYTHONPATH=str(Path(pace_gguf.__file__).resolve().parents[1]))
+        result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True,
+                                timeout=timeout, cwd=tmp_path, env=full_env)
+        assert result.returncode == 0, result.stderr[-3000:]
+        return result.stdout
+
+    return run
+
+
+def _assert_every_amb_case_passes(device: str, *args: str, env: dict | None = None, timeout: float = 1800) -> None:
+    """cpp/backend_ops.py (test-backend-ops' AMB cases against the CPU op) with `args`: `device` ran
+    them and passed every one, and the case list spans the widths, fills, sequences and modes."""
+    result = subprocess.run([sys.executable, str(ROOT / "cpp" / "backend_ops.py"), *args], capture_output=True,
+                            text=True, timeout=timeout, env=dict(os.environ, **(env or {})))
+    assert result.returncode == 0, (result.stdout[-3000:], result.stderr[-3000:])
+    assert re.search(rf"Backend \d+/\d+: {device}", result.stdout), result.stdout[-3000:]
+    passed = re.search(r"^\s*(\d+)/(\d+) tests passed", result.stdout, re.M)
+    assert passed and passed[1] == passed[2] and int(passed[2]) >= 30, result.stdout[-3000:]
+    for case in ("n_ff=18944,n_tokens=2048", "fill=0", "fill=2", "n_seq=3", "mode=1"):
+        assert case in result.stdout, case
+
+
+@pytest.fixture
+def assert_every_amb_case_passes():
+    return _assert_every_amb_case_passes
 
 
 def _assert_one_line_error(result: subprocess.CompletedProcess, *fragments: str) -> None:

@@ -7,15 +7,12 @@ RPC backend itself would raise.
 
 import contextlib
 import json
-import os
 import re
 import socket
 import struct
 import subprocess
-import sys
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
@@ -169,17 +166,10 @@ print("banks on the server: equal to the CPU's, saved, reset and restored", stat
 """
 
 
-def test_banks_on_a_server_match_the_cpu_and_survive_save_reset_load(rpc_server, default_model_path, tmp_path):
+def test_banks_on_a_server_match_the_cpu_and_survive_save_reset_load(run_python, rpc_server, default_model_path):
     """Through the Python API (Llama(rpc_servers=...)), in a process of its own: servers, once added,
     stay for the process. Every host access to a bank on a server goes through ggml's tensor API."""
-    import pace_gguf
-
-    # the same pace_gguf as the tests (installed, or the checkout on PYTHONPATH), not the current folder's
-    env = dict(os.environ, PYTHONPATH=str(Path(pace_gguf.__file__).resolve().parents[1]))
-    result = subprocess.run([sys.executable, "-c", BANKS_ON_A_SERVER, rpc_server, str(default_model_path)],
-                            capture_output=True, text=True, timeout=600, cwd=tmp_path, env=env)
-    assert result.returncode == 0, result.stderr[-3000:]
-    assert "banks on the server" in result.stdout
+    assert "banks on the server" in run_python(BANKS_ON_A_SERVER, rpc_server, str(default_model_path))
 
 
 def test_estimate_puts_the_banks_of_offloaded_layers_on_the_server(run_cli, rpc_server):

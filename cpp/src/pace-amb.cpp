@@ -108,9 +108,9 @@ ggml_backend_buffer_type_t host_buffer_type() {
 }
 
 // Whether `dev`'s backend runs GGML_OP_AMB on layer l's tensors: asked of the backend itself with
-// an op of the layer's shapes (one token).
-// Asked with the largest ubatch (n_tokens = n_ubatch): a backend may take small ops only (ggml-vulkan
-// on lavapipe does), and once the bank lives on the device every later op must run there.
+// an op of the layer's shapes and n_tokens rows. The banks' placement asks with the largest ubatch:
+// a backend may take small ops only (ggml-vulkan on lavapipe does), and once a bank lives on the
+// device every later op must run there.
 bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos,
                      uint32_t n_tokens) {
     ggml_context_ptr ctx = new_tensor_context(2);

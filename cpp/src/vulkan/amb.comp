@@ -146,14 +146,14 @@ float row_key(uint src, uint seq, uint r, uint d) { return src == SRC_TOKENS ? a
 float row_val(uint src, uint seq, uint r, uint d) { return src == SRC_TOKENS ? dst[r * p.o_stride + d] : pend[pend_val_at(seq, r) + d]; }
 uint sim_row(uint src, uint seq, uint r) { return src == SRC_TOKENS ? r : p.T + seq * uint(p.chunk) + r; }
 
-// Cosine of row r (clamped norm rn) with the m listed slots, into s_sims[0, m).
-void similarities(uint src, bool from_snap, uint seq, uint r, float rn, int m) {
+// Cosine of token t's row (clamped norm rn) with the m listed slots, into s_sims[0, m).
+void similarities(bool from_snap, uint seq, uint t, float rn, int m) {
     for (int i0 = 0; i0 < m; i0 += NB) {
         const uint nb = uint(min(NB, m - i0));
         float acc[NB];
         [[unroll]] for (uint k = 0; k < NB; ++k) { acc[k] = 0.0; }
         for (uint d = tid(); d < p.n_ff; d += BLOCK) {
-            const float x = row_key(src, seq, r, d);
+            const float x = a[t * p.a_stride + d];
             [[unroll]] for (uint k = 0; k < NB; ++k) {
                 if (k < nb) {
                     acc[k] += x * key(from_snap, seq, uint(s_slots[i0 + k]), d);
@@ -309,7 +309,7 @@ void retrieve(uint t) {
         write_scratch(t, CASE_LOW, x_finite);
         return;
     }
-    similarities(SRC_TOKENS, from_snap, seq, t, xn, m);
+    similarities(from_snap, seq, t, xn, m);
     for (int i = int(tid()); i < m; i += BLOCK) {
         scratch[sim_at(t, i)] = s_sims[i];
     }

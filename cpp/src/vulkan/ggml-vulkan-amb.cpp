@@ -17,11 +17,18 @@ constexpr int64_t MAX_CHUNK    = 1024;
 constexpr int64_t MAX_TOKENS   = 1 << 28; // token indices share an int with three flags
 constexpr int64_t MAX_ELEMENTS = INT32_MAX;
 
+static_assert(sizeof(vk_op_amb_push_constants) == 22 * 4, "amb.comp's push constants are 22 scalars");
+
+ggml_amb_params amb_params(const ggml_tensor * op) {
+    ggml_amb_params hp;
+    std::memcpy(&hp, op->op_params, sizeof(hp));
+    return hp;
+}
+
 // amb.comp's scratch: similarities with M slots of R rows (T tokens, then in prompt granularity
 // `chunk` pending rows per sequence), then per token its case and whether it can be stored.
 size_t scratch_elements(const ggml_tensor * dst) {
-    ggml_amb_params hp;
-    std::memcpy(&hp, dst->op_params, sizeof(hp));
+    const ggml_amb_params hp = amb_params(dst);
     const int64_t T = dst->src[0]->ne[1], M = dst->src[2]->ne[1] / 2, S = dst->src[2]->ne[2];
     const int64_t R = T + (dst->src[7] != nullptr ? S * hp.chunk : 0);
     return (size_t) R * M + 2 * (size_t) T;
@@ -35,8 +42,6 @@ vk_op_amb_push_constants push_constants(const ggml_tensor * dst) {
     const ggml_tensor * a = dst->src[0];
     const ggml_tensor * bank = dst->src[2];
     const ggml_tensor * state = dst->src[4];
-    ggml_amb_params hp;
-    std::memcpy(&hp, dst->op_params, sizeof(hp));
     vk_op_amb_push_constants pc{};
     pc.n_ff = (uint32_t) a->ne[0];
     pc.T = (uint32_t) a->ne[1];
@@ -48,18 +53,7 @@ vk_op_amb_push_constants push_constants(const ggml_tensor * dst) {
     pc.n_pos = (uint32_t) (state->ne[0] - GGML_AMB_STATE_HEADER);
     pc.has_snap = dst->src[5] != nullptr;
     pc.has_pend = dst->src[7] != nullptr;
-    pc.theta_high = hp.theta_high;
-    pc.theta_low = hp.theta_low;
-    pc.alpha = hp.alpha;
-    pc.w_high = hp.w_high;
-    pc.w_mid = hp.w_mid;
-    pc.lambda = hp.lambda;
-    pc.momentum = hp.momentum;
-    pc.topk = hp.topk;
-    pc.negk = hp.negk;
-    pc.store_topk = hp.store_topk;
-    pc.chunk = hp.chunk;
-    pc.mode = hp.mode;
+    pc.hp = amb_params(dst);
     return pc;
 }
 
@@ -71,8 +65,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // upper bound of the iterations of the busiest invocation of either shader, to keep such ops on the
 // CPU there. GPU drivers have no such limit.
 int64_t loop_iterations_bound(const ggml_tensor * op) {
-    ggml_amb_params hp;
-    std::memcpy(&hp, op->op_params, sizeof(hp));
+    const ggml_amb_params hp = amb_params(op);
     const int64_t n_ff = op->src[0]->ne[0], T = op->src[0]->ne[1], M = op->src[2]->ne[1] / 2;
     const int64_t rows = std::min<int64_t>(T, hp.chunk), d_per = ceil_div(n_ff, BLOCK);
     const bool pend = op->src[7] != nullptr;
@@ -98,8 +91,7 @@ bool ggml_vk_amb_supported(const vk_device & device, const ggml_tensor * op) {
     const ggml_tensor * a = op->src[0];
     const ggml_tensor * bank = op->src[2];
     const ggml_tensor * pend = op->src[7];
-    ggml_amb_params hp;
-    std::memcpy(&hp, op->op_params, sizeof(hp));
+    const ggml_amb_params hp = amb_params(op);
     const bool fits = bank->ne[1] / 2 <= MAX_BANK && hp.chunk <= MAX_CHUNK && a->ne[1] < MAX_TOKENS
                    && ggml_nelements(bank) <= MAX_ELEMENTS && ggml_nelements(a) <= MAX_ELEMENTS
                    && ggml_nelements(op->src[4]) <= MAX_ELEMENTS
