@@ -1,13 +1,15 @@
 #!/usr/bin/env python3
 """Run llama.cpp's test-backend-ops with pace-gguf's GGML_OP_AMB cases on every backend a build has.
 
-    python cpp/backend_ops.py [--build-dir DIR] [--rpc] [--quick]
+    python cpp/backend_ops.py [--build-dir DIR] [--rpc] [--cuda-host] [--quick]
 
 test-backend-ops compares each backend device that supports the op with the CPU backend, the
 oracle (cases: cpp/tests/test-backend-ops-amb.inc). DIR is a CMake build folder of cpp/ (default: the
 package's, build/<wheel tag>, which `pip install .` leaves; cpp/build_vulkan.py's folder for the
 Vulkan build); the target is built there first (EXCLUDE_FROM_ALL). --rpc also starts a
-`pace-gguf rpc-server` on 127.0.0.1 (a free port) and adds it as a device. --quick keeps the cases of
+`pace-gguf rpc-server` on 127.0.0.1 (a free port) and adds it as a device. --cuda-host adds
+"CUDAHost0", the CUDA kernels' source run on host fibers (cpp/tests/amb-cuda-host.h: their check on
+machines without a GPU; Linux builds of the tool only). --quick keeps the cases of
 widths 64 and 1536. Prints test-backend-ops' report and exits non-zero unless every device that ran
 the op passed every case. CPU-only builds without --rpc have no device to compare.
 """
@@ -74,10 +76,12 @@ def loopback_rpc_server(build_dir: Path):
         proc.wait(timeout=30)
 
 
-def run(build_dir: Path, quick: bool, rpc_endpoint: str | None) -> subprocess.CompletedProcess:
+def run(build_dir: Path, quick: bool, rpc_endpoint: str | None, cuda_host: bool) -> subprocess.CompletedProcess:
     env = library_env(build_dir)
     if rpc_endpoint:
         env["PACE_RPC_SERVERS"] = rpc_endpoint
+    if cuda_host:
+        env["PACE_CUDA_HOST"] = "1"
     command = [str(build_dir / "test-backend-ops"), "test", "-o", "AMB"] + (["-p", QUICK] if quick else [])
     return subprocess.run(command, env=env, capture_output=True, text=True)
 
@@ -86,12 +90,13 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--build-dir", type=Path, default=None, help="CMake build folder of cpp/ (default: the package's)")
     parser.add_argument("--rpc", action="store_true", help="also check a pace-gguf rpc-server on 127.0.0.1")
+    parser.add_argument("--cuda-host", action="store_true", help="also check the CUDA kernels' source on host fibers")
     parser.add_argument("--quick", action="store_true", help=f"only the cases matching {QUICK!r}")
     args = parser.parse_args(argv)
     build_dir = args.build_dir or package_build_dir()
     build_targets(build_dir, args.rpc)
     with loopback_rpc_server(build_dir) if args.rpc else contextlib.nullcontext() as endpoint:
-        result = run(build_dir, args.quick, endpoint)
+        result = run(build_dir, args.quick, endpoint, args.cuda_host)
     print(result.stdout)
     print(result.stderr, file=sys.stderr)
     counts = [(int(a), int(b)) for a, b in PASSED.findall(result.stdout)]

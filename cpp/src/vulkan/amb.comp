@@ -20,10 +20,10 @@
 // bit for bit.
 #extension GL_EXT_control_flow_attributes : enable
 
-#define BLOCK 256
-#define NB 4            // slots whose dot products one pass reduces together
-#define MAX_M 256       // largest bank (ggml_vk_amb_supported)
-#define MAX_CHUNK 1024  // largest store chunk (ggml_vk_amb_supported)
+#define BLOCK 256       // pace_amb_gpu::BLOCK
+#define NB 4            // pace_amb_gpu::NB: slots whose dot products one pass reduces together
+#define MAX_M 256       // largest bank (pace_amb_gpu::MAX_BANK, ggml-amb-gpu.h)
+#define MAX_CHUNK 1024  // largest store chunk (pace_amb_gpu::MAX_CHUNK)
 #define EPS 1e-8
 
 // mirrors of pace-amb-math.h and pace-amb-layout.h

@@ -9,53 +9,9 @@
 
 namespace {
 
-// Bounds compiled into amb.comp (shared memory: under 16 KiB, Vulkan's guaranteed minimum).
-constexpr int64_t BLOCK        = 256; // invocations per workgroup
-constexpr int64_t NB           = 4;   // slots per reduction pass
-constexpr int64_t MAX_BANK     = 256;
-constexpr int64_t MAX_CHUNK    = 1024;
-constexpr int64_t MAX_TOKENS   = 1 << 28; // token indices share an int with three flags
-constexpr int64_t MAX_ELEMENTS = INT32_MAX;
+using namespace pace_amb_gpu;
 
 static_assert(sizeof(vk_op_amb_push_constants) == 22 * 4, "amb.comp's push constants are 22 scalars");
-
-ggml_amb_params amb_params(const ggml_tensor * op) {
-    ggml_amb_params hp;
-    std::memcpy(&hp, op->op_params, sizeof(hp));
-    return hp;
-}
-
-// amb.comp's scratch: similarities with M slots of R rows (T tokens, then in prompt granularity
-// `chunk` pending rows per sequence), then per token its case and whether it can be stored.
-size_t scratch_elements(const ggml_tensor * dst) {
-    const ggml_amb_params hp = amb_params(dst);
-    const int64_t T = dst->src[0]->ne[1], M = dst->src[2]->ne[1] / 2, S = dst->src[2]->ne[2];
-    const int64_t R = T + (dst->src[7] != nullptr ? S * hp.chunk : 0);
-    return (size_t) R * M + 2 * (size_t) T;
-}
-
-size_t scratch_bytes(const ggml_tensor * dst) {
-    return sizeof(float) * scratch_elements(dst);
-}
-
-vk_op_amb_push_constants push_constants(const ggml_tensor * dst) {
-    const ggml_tensor * a = dst->src[0];
-    const ggml_tensor * bank = dst->src[2];
-    const ggml_tensor * state = dst->src[4];
-    vk_op_amb_push_constants pc{};
-    pc.n_ff = (uint32_t) a->ne[0];
-    pc.T = (uint32_t) a->ne[1];
-    pc.M = (uint32_t) (bank->ne[1] / 2);
-    pc.S = (uint32_t) bank->ne[2];
-    pc.a_stride = (uint32_t) (a->nb[1] / sizeof(float));
-    pc.o_stride = (uint32_t) (dst->nb[1] / sizeof(float));
-    pc.state_stride = (uint32_t) (state->nb[1] / sizeof(int32_t));
-    pc.n_pos = (uint32_t) (state->ne[0] - GGML_AMB_STATE_HEADER);
-    pc.has_snap = dst->src[5] != nullptr;
-    pc.has_pend = dst->src[7] != nullptr;
-    pc.hp = amb_params(dst);
-    return pc;
-}
 
 int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
@@ -65,7 +21,7 @@ int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 // upper bound of the iterations of the busiest invocation of either shader, to keep such ops on the
 // CPU there. GPU drivers have no such limit.
 int64_t loop_iterations_bound(const ggml_tensor * op) {
-    const ggml_amb_params hp = amb_params(op);
+    const ggml_amb_params hp = params_of(op);
     const int64_t n_ff = op->src[0]->ne[0], T = op->src[0]->ne[1], M = op->src[2]->ne[1] / 2;
     const int64_t rows = std::min<int64_t>(T, hp.chunk), d_per = ceil_div(n_ff, BLOCK);
     const bool pend = op->src[7] != nullptr;
@@ -88,20 +44,8 @@ constexpr int64_t LAVAPIPE_LOOP_BUDGET = 65535;
 } // namespace
 
 bool ggml_vk_amb_supported(const vk_device & device, const ggml_tensor * op) {
-    const ggml_tensor * a = op->src[0];
-    const ggml_tensor * bank = op->src[2];
-    const ggml_tensor * pend = op->src[7];
-    const ggml_amb_params hp = amb_params(op);
-    const bool fits = bank->ne[1] / 2 <= MAX_BANK && hp.chunk <= MAX_CHUNK && a->ne[1] < MAX_TOKENS
-                   && ggml_nelements(bank) <= MAX_ELEMENTS && ggml_nelements(a) <= MAX_ELEMENTS
-                   && ggml_nelements(op->src[4]) <= MAX_ELEMENTS
-                   && (pend == nullptr || ggml_nelements(pend) <= MAX_ELEMENTS)
-                   && scratch_elements(op) <= (size_t) MAX_ELEMENTS;
-    // the store buffers rows in `pend` exactly when it reads the snapshot (the bank owner passes both)
-    const bool layout = (op->src[5] == nullptr) == (pend == nullptr) && (pend == nullptr || ggml_is_contiguous(pend))
-                     && a->nb[1] % sizeof(float) == 0 && ggml_is_contiguous_rows(op);
     const bool within_driver = device->driver_id != vk::DriverId::eMesaLlvmpipe || loop_iterations_bound(op) < LAVAPIPE_LOOP_BUDGET;
-    return fits && layout && within_driver && scratch_bytes(op) <= device->max_buffer_size;
+    return kernels_take(op) && within_driver && scratch_bytes(op) <= device->max_buffer_size;
 }
 
 void ggml_vk_amb(ggml_backend_vk_context * ctx, vk_context & subctx, ggml_tensor * dst) {
@@ -130,11 +74,11 @@ void ggml_vk_amb(ggml_backend_vk_context * ctx, vk_context & subctx, ggml_tensor
         ggml_vk_tensor_subbuffer(ctx, dst->src[0]), ggml_vk_tensor_subbuffer(ctx, dst->src[1]), bank, meta,
         ggml_vk_tensor_subbuffer(ctx, dst->src[4]), snap, snap_meta, pend, ggml_vk_tensor_subbuffer(ctx, dst), scratch,
     };
-    const vk_op_amb_push_constants pc = push_constants(dst);
+    const vk_op_amb_push_constants pc{shape_of(dst), params_of(dst)};
     const uint32_t max_groups = ctx->device->properties.limits.maxComputeWorkGroupCount[0];
 
-    ggml_vk_dispatch_pipeline(ctx, subctx, retrieve, buffers, pc, {std::min(pc.T, max_groups), 1, 1});
+    ggml_vk_dispatch_pipeline(ctx, subctx, retrieve, buffers, pc, {std::min(pc.sh.T, max_groups), 1, 1});
     ggml_vk_sync_buffers(ctx, subctx);
-    ggml_vk_dispatch_pipeline(ctx, subctx, store, buffers, pc, {std::min(pc.S, max_groups), 1, 1});
+    ggml_vk_dispatch_pipeline(ctx, subctx, store, buffers, pc, {std::min(pc.sh.S, max_groups), 1, 1});
     ctx->prealloc_split_k_need_sync = true;
 }

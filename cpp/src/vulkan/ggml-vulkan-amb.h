@@ -3,14 +3,13 @@
 #pragma once
 
 #include "ggml-vulkan-common.h"
+#include "../ggml-amb-gpu.h"
 
-// Mirrors amb.comp's push constants: the shapes, then the op's parameters as ggml_amb_params lays
-// them out (7 floats, 5 ints: std430 places them the same way).
+// Mirrors amb.comp's push constants: the shapes (10 uints), then the op's parameters as
+// ggml_amb_params lays them out (7 floats, 5 ints: std430 places them the same way).
 struct vk_op_amb_push_constants {
-    uint32_t        n_ff, T, M, S;
-    uint32_t        a_stride, o_stride, state_stride, n_pos; // row strides in elements
-    uint32_t        has_snap, has_pend;
-    ggml_amb_params hp;
+    pace_amb_gpu::shape sh;
+    ggml_amb_params     hp;
 };
 
 // Whether the shaders take this op: bank and chunk within their shared-memory bounds, 32-bit indices.
