@@ -17,7 +17,8 @@ for this machine's CPU (GGML_NATIVE); CMAKE_ARGS="-DGGML_NATIVE=OFF -DGGML_AVX2=
 
 Needs nvcc and cuBLAS. A toolkit without cuBLAS (as on these CPU machines) can take PyPI's:
 `pip download --no-deps nvidia-cublas==<the toolkit's version>`, unzip the wheel, and pass
---cublas <unzipped>/nvidia/cu13 (the folder holding include/cublas_v2.h and lib/libcublas.so.*).
+--cublas <unzipped>/nvidia/cu13 (the folder holding include/cublas_v2.h and lib/libcublas.so.*);
+its lib/ then goes on LD_LIBRARY_PATH wherever the libraries run.
 Without the driver library (libcuda, absent where there is no GPU), ggml's virtual-memory pool is
 left out (GGML_CUDA_NO_VMM): ggml-cuda then uses its plain memory pool.
 """
@@ -51,8 +52,10 @@ def cublas_options(cublas: Path) -> tuple[str, ...]:
     if not header.is_file() or not all(libs.values()):
         raise SystemExit(f"--cublas {cublas}: expected include/cublas_v2.h and lib/libcublas.so*, lib/libcublasLt.so* there")
     include = f"-I{cublas / 'include'}"
+    # programs linking libggml-cuda must find cuBLAS too (at run time: LD_LIBRARY_PATH)
+    link = f"-Wl,-rpath-link,{cublas / 'lib'}"
     return (f"-DCUDA_cublas_LIBRARY={libs['cublas'][0]}", f"-DCUDA_cublasLt_LIBRARY={libs['cublasLt'][0]}",
-            f"-DCMAKE_CUDA_FLAGS={include}", f"-DCMAKE_CXX_FLAGS={include}")
+            f"-DCMAKE_CUDA_FLAGS={include}", f"-DCMAKE_CXX_FLAGS={include}", f"-DCMAKE_EXE_LINKER_FLAGS={link}")
 
 
 def main() -> int:
