@@ -53,11 +53,10 @@ inline int atomic_or(int * address, int value) {
 class block_runner {
 public:
     explicit block_runner(uint32_t n_threads, size_t stack_bytes = 256 * 1024)
-        : fibers_(n_threads), stacks_(n_threads), status_(n_threads) {
+        : fibers_(n_threads), stacks_(n_threads), status_(n_threads), stack_bytes_(stack_bytes) {
         for (auto & stack : stacks_) {
             stack.reset(new char[stack_bytes]);
         }
-        stack_bytes_ = stack_bytes;
     }
 
     // Runs body() on every thread of the block, thread_index(i) telling each which one it is.
