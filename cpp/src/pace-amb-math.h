@@ -47,7 +47,37 @@ struct bank_view {
     float * knorm; // |K_j| clamped to EPS, kept in step with every write so retrieval need not recompute it
 };
 
+// The few rules the CUDA kernels (cpp/src/cuda) share with this file are host-and-device functions
+// under nvcc; every other compiler sees plain inline functions.
+#ifdef __CUDACC__
+#define PACE_AMB_HOST_DEVICE __host__ __device__
+#else
+#define PACE_AMB_HOST_DEVICE
+#endif
+
 namespace { // internal linkage, see the top of this file
+
+// Retrieval (spec 2.4): the case of a row whose largest similarity is smax (strict '>').
+PACE_AMB_HOST_DEVICE inline int32_t case_of(const hparams & hp, float smax) {
+    return smax > hp.theta_high ? CASE_HIGH : smax > hp.theta_low ? CASE_MID : CASE_LOW;
+}
+
+// Whether a row of case c comes back unchanged: low rows, and code mode with alpha == 0.
+PACE_AMB_HOST_DEVICE inline bool is_identity(const hparams & hp, int32_t c) {
+    return c == CASE_LOW || (hp.mode == MODE_CODE && hp.alpha == 0.0f);
+}
+
+// o = beta*x + (a/k) * sum of V over the top-k + (bb/kn) * sum of V over the bottom-kn
+struct enhance_weights {
+    float beta, a, bb;
+};
+
+PACE_AMB_HOST_DEVICE inline enhance_weights weights_of(const hparams & hp, int32_t c) {
+    if (hp.mode == MODE_CODE) {
+        return {1.0f - hp.alpha, hp.alpha * (c == CASE_HIGH ? hp.w_high : hp.w_mid), hp.alpha * hp.lambda};
+    }
+    return {c == CASE_HIGH ? 0.0f : 1.0f - hp.w_mid, c == CASE_HIGH ? hp.w_high : hp.w_mid, hp.lambda};
+}
 
 // Dot product with 8 independent accumulators: vectorizes without -ffast-math, and its rounding
 // does not depend on the thread count.
@@ -161,30 +191,19 @@ inline int32_t retrieve_row_from_sims(const hparams & hp, const bank_view & b, c
     for (int i = 1; i < m; ++i) {
         smax = std::max(smax, s.sims[i]);
     }
-    const int32_t c = smax > hp.theta_high ? CASE_HIGH : smax > hp.theta_low ? CASE_MID : CASE_LOW;
-    const bool identity = c == CASE_LOW || (hp.mode == MODE_CODE && hp.alpha == 0.0f);
-    if (identity) {
+    const int32_t c = case_of(hp, smax);
+    if (is_identity(hp, c)) {
         std::memcpy(out, x, n * sizeof(float));
         return c;
     }
-    // o = beta*x + (a/k) * sum of V over the top-k + (bb/kn) * sum of V over the bottom-kn
-    float beta, a, bb;
-    if (hp.mode == MODE_CODE) {
-        beta = 1.0f - hp.alpha;
-        a    = hp.alpha * (c == CASE_HIGH ? hp.w_high : hp.w_mid);
-        bb   = hp.alpha * hp.lambda;
-    } else {
-        beta = c == CASE_HIGH ? 0.0f : 1.0f - hp.w_mid;
-        a    = c == CASE_HIGH ? hp.w_high : hp.w_mid;
-        bb   = hp.lambda;
-    }
+    const enhance_weights w = weights_of(hp, c);
     const int k  = std::min(hp.topk, m);
     const int kn = std::min(hp.negk, m);
     for (int64_t i = 0; i < n; ++i) {
-        out[i] = beta * x[i];
+        out[i] = w.beta * x[i];
     }
-    add_mean_of_values(b, slots, s, m, k, true, a, out);     // positive neighbours
-    add_mean_of_values(b, slots, s, m, kn, false, bb, out);  // least similar ones ("noise")
+    add_mean_of_values(b, slots, s, m, k, true, w.a, out);     // positive neighbours
+    add_mean_of_values(b, slots, s, m, kn, false, w.bb, out);  // least similar ones ("noise")
     return c;
 }
 

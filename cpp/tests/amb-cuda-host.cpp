@@ -10,8 +10,6 @@
 #include "ggml-backend.h"
 #include "ggml-impl.h"
 
-#include <string>
-
 namespace {
 
 using pace_amb_gpu::BLOCK;

@@ -245,25 +245,16 @@ static __device__ void decide(const args & p, int32_t m) {
         smax = fmaxf(smax, s_sims[i]);
     }
     const ggml_amb_params & hp = p.hp;
-    const int32_t c = !finite ? CASE_LOW : smax > hp.theta_high ? CASE_HIGH : smax > hp.theta_low ? CASE_MID : CASE_LOW;
-    const bool identity = c == CASE_LOW || (hp.mode == MODE_CODE && hp.alpha == 0.0f);
-    float beta, wa, wb;
-    if (hp.mode == MODE_CODE) {
-        beta = 1.0f - hp.alpha;
-        wa   = hp.alpha * (c == CASE_HIGH ? hp.w_high : hp.w_mid);
-        wb   = hp.alpha * hp.lambda;
-    } else {
-        beta = c == CASE_HIGH ? 0.0f : 1.0f - hp.w_mid;
-        wa   = c == CASE_HIGH ? hp.w_high : hp.w_mid;
-        wb   = hp.lambda;
-    }
+    const int32_t c = finite ? case_of(hp, smax) : CASE_LOW;
+    const bool identity = is_identity(hp, c);
+    const enhance_weights wt = weights_of(hp, c);
     const int32_t k = identity ? 0 : imin(hp.topk, m), kn = identity ? 0 : imin(hp.negk, m);
     s_int[2] = c;
     s_int[3] = k;
     s_int[4] = kn;
-    s_float[1] = beta;
-    s_float[2] = k > 0 ? wa / float(k) : 0.0f;
-    s_float[3] = kn > 0 ? wb / float(kn) : 0.0f;
+    s_float[1] = wt.beta;
+    s_float[2] = k > 0 ? wt.a / float(k) : 0.0f;
+    s_float[3] = kn > 0 ? wt.bb / float(kn) : 0.0f;
 }
 
 // Writes o = beta*x + sum of the picked values, in the CPU kernel's order; returns whether every
@@ -408,7 +399,8 @@ static __device__ int32_t classify_row(const args & p, const float * sims, int32
         sum += sims[prev];
     }
     const float sbar = sum / float(ks);
-    const int32_t union_flag = sbar > p.hp.theta_high ? SLOT_HIGH : sbar > p.hp.theta_low ? SLOT_MID : 0;
+    const int32_t row_case = pace_amb::case_of(p.hp, sbar); // the retrieval's thresholds, on the mean
+    const int32_t union_flag = row_case == pace_amb::CASE_HIGH ? SLOT_HIGH : row_case == pace_amb::CASE_MID ? SLOT_MID : 0;
     if (union_flag != 0) {
         prev = -1;
         for (int32_t r = 0; r < ks; ++r) {
