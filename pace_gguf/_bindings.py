@@ -91,7 +91,7 @@ SIGNATURES = {
     "llama_pace_amb_evict": (_i32, [_ptr, _i32, _i32, _i32]),
     "llama_pace_amb_memory_size": (_size, [_ptr]),
     "llama_pace_amb_layer_bytes": (_size, [ctypes.POINTER(AmbParams), _i64, ctypes.c_uint32, ctypes.c_uint32]),
-    "llama_pace_amb_runs_on": (ctypes.c_bool, [_ptr]),
+    "llama_pace_amb_device_impl": (ctypes.c_int32, [_ptr]),
     # gguf.h: the header reader llama.cpp uses
     "gguf_init_from_file": (_ptr, [ctypes.c_char_p, GGUFInitParams]),
     "gguf_free": (None, [_ptr]),

@@ -102,11 +102,14 @@ def device_names() -> list[str]:
 
 
 DEVICE_TYPES = ("CPU", "GPU", "iGPU", "accelerator", "meta")  # enum ggml_backend_dev_type
+AMB_IMPLS = ("cpu", "kernel", "composed")  # enum llama_pace_amb_impl
 
 
 def devices() -> list[dict]:
     """The backend devices llama.cpp can use (compiled in, plus RPC servers added to this process): name,
-    description, type, free and total memory, and whether its backend runs the AMB op itself."""
+    description, type, free and total memory, and how an AMB layer placed on it runs (`amb`: "kernel", its
+    backend's GGML_OP_AMB kernel; "composed", standard ggml ops; "cpu", on the CPU, the bank in host memory)
+    and whether that is on the device itself (`runs_amb`)."""
     c = _bindings.api()
     llama_cpp_module().llama_backend_init()
     out = []
@@ -115,9 +118,14 @@ def devices() -> list[dict]:
         free, total = ctypes.c_size_t(), ctypes.c_size_t()
         c.ggml_backend_dev_memory(dev, ctypes.byref(free), ctypes.byref(total))
         kind = c.ggml_backend_dev_type(dev)
+        impl = c.llama_pace_amb_device_impl(dev)
+        if not 0 <= impl < len(AMB_IMPLS):
+            raise NativeLibraryError(f"cannot tell how the AMB runs on device "
+                                     f"{c.ggml_backend_dev_name(dev).decode()}: {c.llama_pace_last_error().decode()}")
         out.append({"name": c.ggml_backend_dev_name(dev).decode(), "description": c.ggml_backend_dev_description(dev).decode(),
                     "type": DEVICE_TYPES[kind] if 0 <= kind < len(DEVICE_TYPES) else str(kind),
-                    "memory_free": free.value, "memory_total": total.value, "runs_amb": bool(c.llama_pace_amb_runs_on(dev))})
+                    "memory_free": free.value, "memory_total": total.value,
+                    "amb": AMB_IMPLS[impl], "runs_amb": impl != 0})
     return out
 
 

@@ -61,7 +61,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 def device_line(device: dict) -> str:
     """One device for `info`: what it is, and where an AMB layer placed on it runs its op."""
     memory = f", {device['memory_total'] / 2**30:.1f} GiB" if device["memory_total"] else ""
-    where = "runs here" if device["runs_amb"] else "runs on the CPU (bank in host memory)"
+    where = {"kernel": "runs here", "composed": "runs here, composed from ggml ops",
+             "cpu": "runs on the CPU (bank in host memory)"}[device["amb"]]
     return f"{device['type']}, {device['description']}{memory}; AMB {where}"
 
 

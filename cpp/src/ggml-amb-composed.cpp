@@ -265,6 +265,15 @@ bool covers(const ggml_amb_params & hp, bool prompt_granularity, int64_t n_token
     return !prompt_granularity && n_tokens <= hp.chunk;
 }
 
+bool computes(const ggml_tensor * node) {
+    switch (node->op) {
+        case GGML_OP_NONE: case GGML_OP_VIEW: case GGML_OP_RESHAPE: case GGML_OP_PERMUTE: case GGML_OP_TRANSPOSE:
+            return false;
+        default:
+            return true;
+    }
+}
+
 bank_tensors new_constants(ggml_context * ctx, ggml_tensor * bank, ggml_tensor * meta, ggml_tensor * state) {
     const int64_t M = bank->ne[1] / 2;
     return bank_tensors{bank, meta, state, ggml_new_tensor_2d(ctx, GGML_TYPE_F32, M, M), ggml_new_tensor_1d(ctx, GGML_TYPE_F32, M)};
@@ -317,10 +326,16 @@ void set_rows_of(const row_inputs & in, const bank_tensors & b, const std::vecto
         GGML_ASSERT(spare < n_pos * S);
         std::replace(entry.begin(), entry.end(), -1, spare);
     }
-    ggml_backend_tensor_set(in.seq_onehot, onehot.data(), 0, ggml_nbytes(in.seq_onehot));
-    ggml_backend_tensor_set(in.value_row, value_row.data(), 0, ggml_nbytes(in.value_row));
-    ggml_backend_tensor_set(in.log_entry, entry.data(), 0, ggml_nbytes(in.log_entry));
-    ggml_backend_tensor_set(in.log_keep, keep.data(), 0, ggml_nbytes(in.log_keep));
+    // an input the graph does not read has no buffer (value_row: large ubatches multiply, not gather)
+    auto set = [](ggml_tensor * t, const void * data) {
+        if (t->buffer) {
+            ggml_backend_tensor_set(t, data, 0, ggml_nbytes(t));
+        }
+    };
+    set(in.seq_onehot, onehot.data());
+    set(in.value_row, value_row.data());
+    set(in.log_entry, entry.data());
+    set(in.log_keep, keep.data());
 }
 
 graph build(ggml_context * ctx, ggml_tensor * x, const bank_tensors & b, const row_inputs & in, const ggml_amb_params & hp) {

@@ -57,6 +57,9 @@ row_inputs new_row_inputs(ggml_context * ctx, int64_t n_rows, int64_t n_seq);
 // sequence outside [0, S) has no bank, a position outside [0, n_pos) is not logged.
 void set_rows_of(const row_inputs & in, const bank_tensors & b, const std::vector<int32_t> & rows);
 
+// Whether a graph node runs a kernel (views, reshapes and permutations do not).
+bool computes(const ggml_tensor * node);
+
 // x: f32 [n_ff, T], contiguous; T <= hp.chunk (covers()).
 graph build(ggml_context * ctx, ggml_tensor * x, const bank_tensors & b, const row_inputs & in, const ggml_amb_params & hp);
 

@@ -25,21 +25,31 @@ std::string llama_pace_amb_check_arch(const llama_pace_amb_params & p, const lla
 
 // ---- the bank owner (pace-amb.cpp) ----------------------------------------------------------------
 
+// How an AMB layer's op runs (amb_impl_of in pace-amb.cpp):
+enum class amb_impl {
+    host,     // GGML_OP_AMB's CPU kernel, the bank in host memory (on a GPU build: a round trip per ubatch)
+    fused,    // GGML_OP_AMB on the layer's device, which has a kernel for it (CPU, RPC, Vulkan, CUDA)
+    composed, // standard ggml ops on the layer's device (ggml-amb-composed.h): Metal, SYCL, ...
+};
+
 struct amb_layer {
     int32_t       il;
     int64_t       n_ff;
+    amb_impl      impl      = amb_impl::host;
     ggml_tensor * bank      = nullptr; // f32 [n_ff, 2M, S]
     ggml_tensor * meta      = nullptr; // f32 [3M, S]: usage, valid, key norms
     ggml_tensor * state     = nullptr; // i32 [HEADER + n_pos, S]
     ggml_tensor * snap      = nullptr; // prompt granularity only
     ggml_tensor * snap_meta = nullptr;
     ggml_tensor * pend      = nullptr; // f32 [n_ff, 2*chunk, S], prompt granularity only
+    ggml_tensor * ident     = nullptr; // the composed graph's constants (composed only)
+    ggml_tensor * iota      = nullptr;
 };
 
 // Everything a configuration allocates; built whole, then swapped in (all or nothing). Each layer's
-// tensors live where the op will run: on the layer's device when that device's backend runs
-// GGML_OP_AMB (the CPU, or an RPC server), else in host memory next to the CPU kernel. One buffer
-// per buffer type, marked as weights so that the scheduler runs each op where its bank is.
+// tensors live where the op will run: on the layer's device when that device runs the AMB (its
+// backend's GGML_OP_AMB kernel, or the composed graph), else in host memory next to the CPU kernel.
+// One buffer per buffer type, marked as weights so that the scheduler runs each op where its bank is.
 struct amb_banks {
     llama_pace_amb_params                params;
     std::vector<amb_layer>               layers;      // ascending il

@@ -3,10 +3,11 @@
 // * configuration: the model's pace.amb.* GGUF keys (AMB off when absent or invalid), overridable
 //   per context through llama_pace_amb_set_params(); invalid values are rejected, never clamped, and
 //   a reconfiguration is all or nothing;
-// * banks: one per (AMB layer, sequence), fp32, on the layer's device when that device's backend
-//   runs GGML_OP_AMB (the CPU; an RPC server, whose CPU backend has the kernel), else in host memory,
-//   where the scheduler runs the op on the CPU next to its bank (GPU builds: see README, backends);
-// * graph: GGML_OP_AMB on the FFN activation of AMB layers (llama_pace_amb_build);
+// * banks: one per (AMB layer, sequence), fp32, on the layer's device when that device runs the AMB
+//   (a GGML_OP_AMB kernel: CPU, RPC, Vulkan, CUDA; or the op composed from standard ggml ops: any
+//   other backend that has those), else in host memory, where the scheduler runs the op on the CPU
+//   next to its bank (see cpp/src/BACKENDS.md);
+// * graph: GGML_OP_AMB, or its composed graph, on the FFN activation of AMB layers (llama_pace_amb_build);
 // * lifecycle: sequence events arrive from the memory wrapper (pace-amb-memory.cpp).
 //
 // Partial removal (spec 6.12): the bank of a sequence remembers the range of positions it has
@@ -21,6 +22,8 @@
 // decoded once for several parallel sequences from an empty context.
 #include "pace-amb-impl.h"
 
+#include "ggml-amb-composed.h"
+
 #include "llama-context.h"
 #include "llama-graph.h"
 #include "llama-impl.h"
@@ -30,6 +33,7 @@
 
 #include <algorithm>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <limits>
 #include <stdexcept>
@@ -90,9 +94,18 @@ void new_layer_tensors(ggml_context * ctx, amb_layer & l, const llama_pace_amb_p
         l.snap_meta = ggml_dup_tensor(ctx, l.meta);
         l.pend      = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, l.n_ff, 2 * (int64_t) p.chunk, S);
     }
+    if (l.impl == amb_impl::composed) {
+        const pace_amb_composed::bank_tensors b = pace_amb_composed::new_constants(ctx, l.bank, l.meta, l.state);
+        l.ident = b.ident;
+        l.iota  = b.iota;
+    }
 }
 
-constexpr int TENSORS_PER_LAYER = 6;
+pace_amb_composed::bank_tensors composed_tensors(const amb_layer & l) {
+    return {l.bank, l.meta, l.state, l.ident, l.iota};
+}
+
+constexpr int TENSORS_PER_LAYER = 8;
 
 ggml_context_ptr new_tensor_context(size_t n_layers) {
     ggml_init_params ip = {ggml_tensor_overhead() * TENSORS_PER_LAYER * n_layers + 1024, nullptr, true};
@@ -123,16 +136,72 @@ bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pa
     return ggml_backend_dev_supports_op(dev, out);
 }
 
-// Where layer l's bank lives: on its device if that device runs the op, which then updates the bank
-// in place there; else in host memory, where the CPU kernel does (a bank on a device that cannot run
-// the op would be copied to the CPU for every ubatch, and the op's updates would go to the copy).
-ggml_backend_buffer_type_t bank_buffer_type(const llama_model & model, const amb_layer & l, const llama_pace_amb_params & p,
-                                            uint32_t n_seq, uint32_t n_pos, uint32_t n_ubatch) {
-    ggml_backend_dev_t dev = model.dev_layer(l.il);
-    if (dev && ggml_backend_dev_type(dev) != GGML_BACKEND_DEVICE_TYPE_CPU && device_runs_amb(dev, l, p, n_seq, n_pos, n_ubatch)) {
-        return ggml_backend_dev_buffer_type(dev);
+// Whether `dev`'s backend runs every op of the composed graph of layer l's shapes (as above).
+bool device_runs_composed(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
+                          uint32_t n_pos, uint32_t n_tokens) {
+    constexpr size_t MAX_NODES = 1024;
+    ggml_init_params ip = {ggml_tensor_overhead() * 2 * MAX_NODES + ggml_graph_overhead_custom(MAX_NODES, false), nullptr, true};
+    ggml_context_ptr ctx(ggml_init(ip));
+    if (!ctx) {
+        throw std::runtime_error("failed to create the AMB probe context");
     }
-    return host_buffer_type();
+    amb_layer probe{l.il, l.n_ff, amb_impl::composed};
+    new_layer_tensors(ctx.get(), probe, p, n_seq, n_pos);
+    ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, n_tokens);
+    const pace_amb_composed::row_inputs in = pace_amb_composed::new_row_inputs(ctx.get(), n_tokens, n_seq);
+    const pace_amb_composed::graph g = pace_amb_composed::build(ctx.get(), a, composed_tensors(probe), in, op_params(p));
+    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), MAX_NODES, false);
+    ggml_build_forward_expand(gf, g.out);
+    for (ggml_tensor * w : g.writes) {
+        ggml_build_forward_expand(gf, w);
+    }
+    for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
+        ggml_tensor * node = ggml_graph_node(gf, i);
+        if (pace_amb_composed::computes(node) && !ggml_backend_dev_supports_op(dev, node)) {
+            return false;
+        }
+    }
+    return true;
+}
+
+// PACE_AMB_IMPL: "auto" (or unset), "fused" (never the composed graph) or "composed" (the composed
+// graph wherever it computes the op, the CPU included: how tests check it against the fused op).
+std::string impl_choice() {
+    const char * env = std::getenv("PACE_AMB_IMPL");
+    const std::string choice = env && *env ? env : "auto";
+    if (choice != "auto" && choice != "fused" && choice != "composed") {
+        throw std::runtime_error("PACE_AMB_IMPL must be auto, fused or composed, got '" + choice + "'");
+    }
+    return choice;
+}
+
+// How layer l's AMB runs on device `dev`: its backend's GGML_OP_AMB kernel; else the composed graph
+// if the backend runs all of it and it covers the settings (ubatch granularity, one store chunk per
+// ubatch); else the CPU kernel with the bank in host memory (a bank on a device that cannot run the
+// op would be copied to the CPU for every ubatch, and the op's updates would go to the copy).
+amb_impl amb_impl_of(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
+                     uint32_t n_pos, uint32_t n_ubatch) {
+    const std::string choice = impl_choice();
+    const bool on_cpu = ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU;
+    auto composable = [&] {
+        return pace_amb_composed::covers(op_params(p), p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT, n_ubatch) &&
+               (on_cpu || device_runs_composed(dev, l, p, n_seq, n_pos, n_ubatch));
+    };
+    if (choice == "composed" && composable()) {
+        return amb_impl::composed;
+    }
+    if (on_cpu || device_runs_amb(dev, l, p, n_seq, n_pos, n_ubatch)) {
+        return amb_impl::fused;
+    }
+    if (choice == "auto" && composable()) {
+        return amb_impl::composed;
+    }
+    return amb_impl::host;
+}
+
+ggml_backend_dev_t layer_device(const llama_model & model, int32_t il) {
+    ggml_backend_dev_t dev = model.dev_layer(il);
+    return dev ? dev : ggml_backend_dev_by_type(GGML_BACKEND_DEVICE_TYPE_CPU);
 }
 
 // Allocates zeroed banks for `p` (already validated); throws if the memory is not there.
@@ -152,7 +221,9 @@ amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & mo
     }
     std::vector<ggml_backend_buffer_type_t> bufts;
     for (auto & l : nb.layers) {
-        ggml_backend_buffer_type_t buft = bank_buffer_type(model, l, p, n_seq, n_pos, n_ubatch);
+        ggml_backend_dev_t dev = layer_device(model, l.il);
+        l.impl = amb_impl_of(dev, l, p, n_seq, n_pos, n_ubatch);
+        ggml_backend_buffer_type_t buft = l.impl == amb_impl::host ? host_buffer_type() : ggml_backend_dev_buffer_type(dev);
         const size_t i = std::find(bufts.begin(), bufts.end(), buft) - bufts.begin();
         if (i == bufts.size()) {
             bufts.push_back(buft);
@@ -171,6 +242,12 @@ amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & mo
         ggml_backend_buffer_set_usage(buf, GGML_BACKEND_BUFFER_USAGE_WEIGHTS); // the op runs where its bank is
         LLAMA_LOG_INFO("%s: pace AMB bank %d x %u seq(s) in %s: %.2f MiB\n", __func__, p.bank_size, n_seq,
                        ggml_backend_buft_name(bufts[i]), ggml_backend_buffer_get_size(buf) / 1024.0 / 1024.0);
+    }
+    for (const auto & l : nb.layers) {
+        if (l.impl == amb_impl::composed) {
+            pace_amb_composed::set_constants(composed_tensors(l));
+            LLAMA_LOG_INFO("%s: pace AMB layer %d: composed from ggml ops\n", __func__, l.il);
+        }
     }
     return nb;
 }
@@ -480,12 +557,16 @@ namespace {
 // Per-row bank index (the first sequence id, or -1 for ids beyond the context's n_seq_max) and
 // position. A row is a token of the ubatch, except after llama.cpp has kept only the output tokens
 // (the last layer's FFN runs on those alone, in ubatch order, as llm_graph_input_out_ids selects them).
+// GGML_OP_AMB reads them as they are (`tokens`); the composed graph through its row inputs.
 class llm_graph_input_pace_amb : public llm_graph_input_i {
 public:
-    llm_graph_input_pace_amb(llama_pace_amb * amb, ggml_tensor * tokens, bool notes) : amb(amb), tokens(tokens), notes(notes) {}
+    llm_graph_input_pace_amb(llama_pace_amb * amb, const amb_layer & layer, int64_t n_rows, bool notes) :
+        amb(amb), bank(composed_tensors(layer)), n_rows(n_rows), notes(notes) {}
+
+    ggml_tensor * tokens = nullptr; // fused: i32 [2, n_rows]
+    pace_amb_composed::row_inputs composed = {};
 
     void set_input(const llama_ubatch * ubatch) override {
-        const int64_t n_rows = tokens->ne[1];
         const bool outputs_only = n_rows < (int64_t) ubatch->n_tokens;
         std::vector<int32_t> data;
         data.reserve(2 * n_rows);
@@ -502,19 +583,44 @@ public:
             amb->note_token(ubatch->seq_id[i], ubatch->n_seq_id[i], ubatch->pos[i]);
         }
         GGML_ASSERT((int64_t) data.size() == 2 * n_rows);
-        ggml_backend_tensor_set(tokens, data.data(), 0, data.size() * sizeof(int32_t));
+        if (tokens) {
+            ggml_backend_tensor_set(tokens, data.data(), 0, data.size() * sizeof(int32_t));
+        } else {
+            pace_amb_composed::set_rows_of(composed, bank, data);
+        }
     }
 
     bool can_reuse(const llm_graph_params & params) override {
         // rows == tokens, or rows == outputs (last layer); a changed count needs a new graph
-        return tokens->ne[1] == (int64_t) params.ubatch.n_tokens || tokens->ne[1] == (int64_t) params.n_outputs;
+        return n_rows == (int64_t) params.ubatch.n_tokens || n_rows == (int64_t) params.n_outputs;
     }
 
 private:
-    llama_pace_amb * amb;
-    ggml_tensor *    tokens;
-    bool             notes;
+    llama_pace_amb *                amb;
+    pace_amb_composed::bank_tensors bank; // the layer's (for the composed graph's row inputs)
+    int64_t                         n_rows;
+    bool                            notes;
 };
+
+ggml_tensor * build_fused(llama_pace_amb * amb, const amb_layer & l, ggml_context * ctx0, llm_graph_input_pace_amb & input,
+                          ggml_tensor * a, const char * tokens_name) {
+    input.tokens = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, 2, a->ne[1]);
+    ggml_set_input(input.tokens);
+    ggml_set_name(input.tokens, tokens_name);
+    return ggml_amb(ctx0, a, input.tokens, l.bank, l.meta, l.state, l.snap, l.snap_meta, l.pend, amb->hparams());
+}
+
+// The composed graph's updates of the bank are nodes no later node reads: they join the graph here,
+// after everything the retrieval reads from the bank (their sources include the enhanced rows).
+ggml_tensor * build_composed(llama_pace_amb * amb, const amb_layer & l, ggml_context * ctx0, llm_graph_result * res,
+                             llm_graph_input_pace_amb & input, ggml_tensor * a) {
+    input.composed = pace_amb_composed::new_row_inputs(ctx0, a->ne[1], amb->n_seq);
+    const pace_amb_composed::graph g = pace_amb_composed::build(ctx0, a, composed_tensors(l), input.composed, amb->hparams());
+    for (ggml_tensor * w : g.writes) {
+        ggml_build_forward_expand(res->get_gf(), w);
+    }
+    return g.out;
+}
 
 } // namespace
 
@@ -538,16 +644,18 @@ ggml_tensor * llama_pace_amb_build(llama_pace_amb * amb, ggml_context * ctx0, ll
     }
     amb->n_built.resize(amb->banks.layer_index.size(), 0);
     amb->n_built[il] += 1;
-    ggml_tensor * tokens = ggml_new_tensor_2d(ctx0, GGML_TYPE_I32, 2, cur->ne[1]);
-    ggml_set_input(tokens);
-    ggml_set_name(tokens, name);
     const bool notes = l == &amb->banks.layers.front();
-    res->add_input(std::make_unique<llm_graph_input_pace_amb>(amb, tokens, notes));
+    auto input = std::make_unique<llm_graph_input_pace_amb>(amb, *l, cur->ne[1], notes);
 
-    const ggml_amb_params op = amb->hparams();
     ggml_tensor * a = ggml_is_contiguous(cur) ? cur : ggml_cont(ctx0, cur);
-    ggml_tensor * out = ggml_amb(ctx0, a, tokens, l->bank, l->meta, l->state,
-                                 l->snap, l->snap_meta, l->pend, op);
+    ggml_tensor * out;
+    if (l->impl == amb_impl::composed) {
+        out = build_composed(amb, *l, ctx0, res, *input, a);
+        ggml_set_name(input->composed.seq_onehot, name); // what the check above finds
+    } else {
+        out = build_fused(amb, *l, ctx0, *input, a, name);
+    }
+    res->add_input(std::move(input));
     ggml_format_name(out, "ffn_amb-%d", il);
     return out;
 }
@@ -841,14 +949,21 @@ size_t llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, i
     }
 }
 
-bool llama_pace_amb_runs_on(ggml_backend_dev_t dev) {
+int32_t llama_pace_amb_device_impl(ggml_backend_dev_t dev) {
+    if (!dev) {
+        return fail("device_impl: no device");
+    }
     try {
         const llama_pace_amb_params p = llama_pace_amb_defaults();
         // a probe at a small width; the banks' placement asks again with each layer's own shapes
-        return dev && device_runs_amb(dev, amb_layer{0, 64}, p, 1, 1, 1);
+        switch (amb_impl_of(dev, amb_layer{0, 64}, p, 1, 1, 1)) {
+            case amb_impl::fused:    return LLAMA_PACE_AMB_IMPL_KERNEL;
+            case amb_impl::composed: return LLAMA_PACE_AMB_IMPL_COMPOSED;
+            case amb_impl::host:     return LLAMA_PACE_AMB_IMPL_CPU;
+        }
+        return fail("device_impl: unknown implementation");
     } catch (const std::exception & e) {
-        llama_pace_set_error(e.what());
-        return false;
+        return fail(e.what());
     }
 }
 

@@ -94,10 +94,16 @@ extern "C" {
     // sequences and n_pos positions (a context's n_ctx): what set_params allocates per layer, for
     // tools that estimate memory before loading a model. 0 if invalid (see llama_pace_last_error).
     LLAMA_API size_t  llama_pace_amb_layer_bytes(const struct llama_pace_amb_params * params, int64_t n_ff, uint32_t n_seq, uint32_t n_pos);
-    // Whether the backend of device `dev` runs GGML_OP_AMB itself (asked of the backend, as the
-    // scheduler does). An AMB layer offloaded to a device that does not keeps its bank in host memory
-    // and runs the op on the CPU, one round trip per AMB layer and ubatch.
-    LLAMA_API bool    llama_pace_amb_runs_on(ggml_backend_dev_t dev);
+    // How the AMB of a layer on device `dev` runs (asked of the device's backend, as the scheduler
+    // does; with the defaults and a one-token ubatch: a context asks again with its own settings).
+    // The environment variable PACE_AMB_IMPL (auto, fused, composed) steers the choice.
+    enum llama_pace_amb_impl {
+        LLAMA_PACE_AMB_IMPL_CPU      = 0, // on the CPU, the bank in host memory: one round trip per AMB layer and ubatch
+        LLAMA_PACE_AMB_IMPL_KERNEL   = 1, // the backend's GGML_OP_AMB kernel, the bank in the device's memory
+        LLAMA_PACE_AMB_IMPL_COMPOSED = 2, // composed from standard ggml ops, the bank in the device's memory
+    };
+    // enum llama_pace_amb_impl, or -1 on error (see llama_pace_last_error).
+    LLAMA_API int32_t llama_pace_amb_device_impl(ggml_backend_dev_t dev);
     // This thread's last failure: of a llama_pace_* call, or of the AMB section of a state being loaded.
     LLAMA_API const char * llama_pace_last_error(void);
 

@@ -106,13 +106,10 @@ ggml_amb_params params_of(const options & o) {
     return {0.75f, 0.25f, 0.2f, 1.0f, 0.5f, 0.1f, 0.5f, 5, 2, 5, o.chunk, o.mode};
 }
 
-int count_kernels(ggml_cgraph * gf) { // nodes that compute (not views)
+int count_kernels(ggml_cgraph * gf) {
     int n = 0;
     for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
-        switch (ggml_graph_node(gf, i)->op) {
-            case GGML_OP_NONE: case GGML_OP_VIEW: case GGML_OP_RESHAPE: case GGML_OP_PERMUTE: case GGML_OP_TRANSPOSE: break;
-            default: n++;
-        }
+        n += pace_amb_composed::computes(ggml_graph_node(gf, i));
     }
     return n;
 }

@@ -1,0 +1,123 @@
+"""The AMB composed from standard ggml ops (cpp/src/ggml-amb-composed.cpp): the path of GPU backends
+without a GGML_OP_AMB kernel (Metal, SYCL, ...), held to the fused op on the CPU, the oracle.
+
+PACE_AMB_IMPL=composed makes every AMB layer use the composed graph, on the CPU too, where every other
+op of the model is the same as in the fused run. The composed graph reduces its sums in another order
+than the fused op, so the two agree within rounding. The first AMB layer sees bit-identical rows in
+both runs (no layer before it differs), so there the case of every position and the banks agree
+(rows to a relative 1e-4). Later AMB layers see rows that already differ by that rounding: a row
+whose largest similarity lies within it of a threshold may change case (one did at layer 26, its
+similarity 0.25006 against a threshold of 0.25) and then the banks part ways; there the check is the
+share of equal cases and the counts, as for the Vulkan kernel.
+"""
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.slow
+
+LAYERS = (12, 26)
+QUESTION = "\n\nQuestion: what is the door code? Answer: The door code is"
+
+
+@pytest.fixture(scope="module")
+def document(long_document):
+    # about 900 tokens: two ubatches of 512, banks of 100 slots filled and then replaced by usage
+    return long_document(900, fact="Note: the door code is 4817.", where=0.3) + QUESTION
+
+
+def _run(monkeypatch, model_path, impl: str, text: str, **pace):
+    from pace_gguf import Llama
+
+    monkeypatch.setenv("PACE_AMB_IMPL", impl)
+    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=2, verbose=False, pace={"layers": LAYERS, **pace})
+    answer = llm.create_completion(text, max_tokens=8, temperature=0)["choices"][0]["text"]
+    result = {"answer": answer, "n_tokens": llm.n_tokens,
+              "cases": {il: llm.amb_cases(il) for il in LAYERS},
+              "banks": {il: llm.amb_bank(il) for il in LAYERS},
+              "stats": llm.memory_stats()}
+    llm.close()
+    return result
+
+
+def _assert_agree(fused, composed, min_share=0.98):
+    assert composed["n_tokens"] == fused["n_tokens"]
+    first = LAYERS[0]
+    for il in LAYERS:
+        f, c = fused["cases"][il], composed["cases"][il]
+        assert len(f) == len(c) == fused["n_tokens"]
+        assert (f >= 0).all() and (c >= 0).all()  # every position logged, in both
+        share = np.mean(f == c)
+        assert share == 1.0 if il == first else share >= min_share, (il, np.flatnonzero(f != c))
+        fs, cs = fused["stats"][il], composed["stats"][il]
+        assert abs(fs.high - cs.high) + abs(fs.mid - cs.mid) + abs(fs.low - cs.low) <= 2 * (1 - min_share) * len(f)
+    fb, cb = fused["banks"][first], composed["banks"][first]
+    assert fb["valid"].all()  # the banks filled up: replacement by usage ran
+    np.testing.assert_array_equal(cb["usage"], fb["usage"])
+    np.testing.assert_array_equal(cb["valid"], fb["valid"])
+    for part in ("keys", "values"):
+        np.testing.assert_allclose(cb[part], fb[part], rtol=0, atol=1e-4 * np.abs(fb[part]).max(), err_msg=part)
+
+
+def test_the_composed_graph_gives_the_fused_ops_answer_cases_and_banks(monkeypatch, default_model_path, document):
+    fused = _run(monkeypatch, default_model_path, "fused", document)
+    composed = _run(monkeypatch, default_model_path, "composed", document)
+    assert "4817" in fused["answer"] and "4817" in composed["answer"]
+    _assert_agree(fused, composed)
+    # all three cases met, in both layers: the comparison covers more than the identity case
+    for il in LAYERS:
+        assert set(np.unique(fused["cases"][il])) == {0, 1, 2}, il
+
+
+def test_paper_mode_too(monkeypatch, default_model_path, document):
+    fused = _run(monkeypatch, default_model_path, "fused", document, mode="paper")
+    composed = _run(monkeypatch, default_model_path, "composed", document, mode="paper")
+    _assert_agree(fused, composed)
+
+
+def test_two_sequences_in_one_ubatch(monkeypatch, default_model_path, raw_context):
+    """One AMB layer, so that every row it sees is the same in both runs: each sequence's cases equal
+    and its bank equal within rounding. (The logits after it differ a little more: the next layers'
+    matrix products quantize their activations to 8 bits, where a rounding may cross a step.)"""
+    from pace_gguf import Llama
+
+    layer = 26
+    llm = Llama(model_path=str(default_model_path), n_ctx=512, verbose=False)
+    docs = [llm.tokenize(d.encode(), add_bos=False) for d in (
+        "Lighthouses guide ships along rocky coasts, and their keepers log every passing vessel by name, day "
+        "and hour, in books that fill the shelves of the tower.",
+        "A sourdough starter needs flour, water and patience; bakers feed it every single day, keep it warm, "
+        "and watch it rise and fall like a slow tide in the jar.")]
+    n = min(len(d) for d in docs)
+    half = n // 2
+    runs = {}
+    for impl in ("fused", "composed"):
+        monkeypatch.setenv("PACE_AMB_IMPL", impl)
+        ctx = raw_context(llm, (layer,))
+        logits = [ctx.decode([(s, p, docs[s][p]) for p in part for s in (0, 1)])  # interleaved in one ubatch
+                  for part in (range(half), range(half, n))]
+        runs[impl] = {"logits": np.concatenate(logits), "cases": [ctx.cases(s, n)[layer] for s in (0, 1)],
+                      "banks": [ctx.bank(layer, s) for s in (0, 1)]}
+        ctx.close()
+    fused, composed = runs["fused"], runs["composed"]
+    for s in (0, 1):
+        np.testing.assert_array_equal(composed["cases"][s], fused["cases"][s])
+        assert (fused["cases"][s][half:] > 0).any()  # the second half met the bank the first half filled
+        fb, cb = fused["banks"][s], composed["banks"][s]
+        np.testing.assert_array_equal(cb["usage"], fb["usage"])
+        np.testing.assert_array_equal(cb["valid"], fb["valid"])
+        for part in ("keys", "values"):
+            np.testing.assert_allclose(cb[part], fb[part], rtol=0, atol=1e-4 * np.abs(fb[part]).max(), err_msg=part)
+    assert np.mean(composed["logits"].argmax(axis=1) == fused["logits"].argmax(axis=1)) >= 0.9
+
+
+def test_info_says_how_the_amb_runs(run_cli):
+    result = run_cli("info", env={"PACE_AMB_IMPL": "composed"})
+    assert result.returncode == 0, result.stderr
+    cpu = next(line for line in result.stdout.splitlines() if line.strip().startswith("CPU"))
+    assert "AMB runs here, composed from ggml ops" in cpu, result.stdout
+
+
+def test_an_unknown_implementation_is_a_clear_error(run_cli, assert_one_line_error):
+    result = run_cli("chat", "--prompt", "hi", "--max-tokens", "1", "--amb-layers", "12", env={"PACE_AMB_IMPL": "gpu"})
+    assert_one_line_error(result, "PACE_AMB_IMPL must be auto, fused or composed")
