@@ -61,18 +61,23 @@ def test_every_amb_case_passes_on_the_vulkan_device_against_the_cpu(assert_every
     assert_every_amb_case_passes("Vulkan0", "--build-dir", str(LIB_DIR.parent), env=VULKAN_ENV, timeout=3600)
 
 
-@pytest.mark.parametrize("granularity", ["ubatch", "prompt"])
-def test_all_layers_on_vulkan_with_the_amb_on_match_the_cpu_build(run_cli, default_model_path, granularity):
+@pytest.mark.parametrize(("granularity", "impl"), [("ubatch", "fused"), ("prompt", "fused"), ("ubatch", "composed")])
+def test_all_layers_on_vulkan_with_the_amb_on_match_the_cpu_build(run_cli, default_model_path, granularity, impl):
+    """impl: the AMB as ggml-vulkan's GGML_OP_AMB kernel, or composed from standard ggml ops (the path of
+    backends without a kernel, PACE_AMB_IMPL=composed), both against the CPU build's fused op."""
     extra = ("--amb-granularity", granularity)
     cpu, cpu_cases = _chat(run_cli, None, 0, *extra)
-    # ubatch: ggml-vulkan's per-op timings name every op it ran on the device, the AMB among them.
+    # ubatch: ggml-vulkan's per-op timings name every op it ran on the device: the AMB op, or the
+    # composed graph's top_k and cumsum, which nothing else in the model uses.
     # (On lavapipe prompt granularity's 1,024-row flush exceeds the driver's loop budget, so those
     # banks stay on the CPU; the perf logger also aborts in ggml-vulkan on such split graphs.)
     timings = {"GGML_VK_PERF_LOGGER": "1"} if granularity == "ubatch" else {}
-    vk, vk_cases = _chat(run_cli, dict(VULKAN_ENV, **timings), -1, *extra)
+    vk, vk_cases = _chat(run_cli, dict(VULKAN_ENV, PACE_AMB_IMPL=impl, **timings), -1, *extra)
     assert ANSWER in cpu.stdout and ANSWER in vk.stdout, (cpu.stdout, vk.stdout)
-    if timings:
-        assert re.search(r"^AMB: \d+ x", vk.stderr, re.M), vk.stderr[-3000:]
+    for op in ({"fused": ("AMB",), "composed": ("TOP_K", "CUMSUM")}[impl] if timings else ()):
+        assert re.search(rf"^{op}\b.*: \d+ x", vk.stderr, re.M), (op, vk.stderr[-3000:])  # e.g. "TOP_K K=5 (100,31,1,1): 2 x"
+    if impl == "composed":
+        assert not re.search(r"^AMB: \d+ x", vk.stderr, re.M), vk.stderr[-3000:]
     for layer in (12, 26):
         # the same tokens pass through each bank; Vulkan's kernels round differently from the CPU's,
         # so a token near a threshold may change case (seen: 1 of 58 at layer 26 on lavapipe)
