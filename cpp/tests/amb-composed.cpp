@@ -4,13 +4,14 @@
 // Runs one AMB layer's op on a ubatch drawn to meet all three cases, in S sequences whose banks are
 // half full, on a backend (the CPU, or any device ggml was built with: --device Vulkan0), and
 // compares with the fused op on the CPU: enhanced rows, case labels, the banks after the store
-// (keys, values, usage, valid), the counters. Then it times both and counts the composed graph's
-// nodes. `--impl fused` runs the device's own GGML_OP_AMB kernel instead (cpp/src/vulkan/amb.comp on
-// Vulkan, cpp/src/cuda on CUDA), with the store in chunks of --chunk rows: the check and the timing
-// of a backend kernel. Exit status 0 when every case label and counter agrees.
+// (keys, values, usage, valid), the counters. Then it times both, counts the composed graph's
+// nodes and lists its ops with their types (what a backend's supports_op is asked). `--impl fused`
+// runs the device's own GGML_OP_AMB kernel instead (cpp/src/vulkan/amb.comp on Vulkan, cpp/src/cuda
+// on CUDA), with the store in chunks of --chunk rows: the check and the timing of a backend kernel.
+// Exit status 0 when every case label and counter agrees.
 //
 //   cmake --build build/<wheel tag> --target pace-amb-composed
-//   build/<wheel tag>/bin/pace-amb-composed [--device NAME] [--impl composed|fused] [--n-ff N]
+//   build/<wheel tag>/pace-amb-composed [--device NAME] [--impl composed|fused] [--n-ff N]
 //       [--tokens T] [--seqs S] [--mode code|paper] [--chunk C] [--reps R]
 #include "ggml.h"
 #include "ggml-alloc.h"
@@ -25,6 +26,7 @@
 #include <cstdio>
 #include <cstring>
 #include <random>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -99,8 +101,18 @@ struct run_result {
     std::vector<float> out, bank, meta;
     std::vector<int32_t> state;
     double seconds_per_call = 0;
-    int n_nodes = 0; // computing nodes
+    int n_nodes = 0;              // computing nodes
+    std::set<std::string> kinds;  // each computing node's op and types, e.g. "GET_ROWS f32,i32->f32"
 };
+
+// "OP src types->type": what a backend's supports_op decides on (besides shapes and layouts)
+std::string kind_of(const ggml_tensor * node) {
+    std::string k = ggml_op_desc(node);
+    for (int i = 0; i < GGML_MAX_SRC && node->src[i]; ++i) {
+        k += (i ? "," : " ") + std::string(ggml_type_name(node->src[i]->type));
+    }
+    return k + "->" + ggml_type_name(node->type);
+}
 
 ggml_amb_params params_of(const options & o) {
     return {0.75f, 0.25f, 0.2f, 1.0f, 0.5f, 0.1f, 0.5f, 5, 2, 5, o.chunk, o.mode};
@@ -154,6 +166,11 @@ run_result run(ggml_backend_t backend, bool fused, const state & st, const optio
 
     run_result r;
     r.n_nodes = count_kernels(gf);
+    for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
+        if (pace_amb_composed::computes(ggml_graph_node(gf, i))) {
+            r.kinds.insert(kind_of(ggml_graph_node(gf, i)));
+        }
+    }
     r.out.resize(n_ff * T);
     r.bank.resize(st.bank.size());
     r.meta.resize(st.meta.size());
@@ -271,6 +288,11 @@ int main(int argc, char ** argv) {
            (long long) (M * S), valid_same, (long long) (M * S));
     printf("  time per call: fused (CPU) %.1f us, %s (%s) %.1f us, %d computing nodes\n", ref.seconds_per_call * 1e6,
            impl, o.device.c_str(), got.seconds_per_call * 1e6, got.n_nodes);
+    if (!o.fused) {
+        printf("  ops:");
+        for (const std::string & k : got.kinds) printf(" %s;", k.c_str());
+        printf("\n");
+    }
     if (backend != cpu) ggml_backend_free(backend);
     ggml_backend_free(cpu);
     return same == n_logged && counters_same ? 0 : 1;
