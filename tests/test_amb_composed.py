@@ -1,5 +1,7 @@
 """The AMB composed from standard ggml ops (cpp/src/ggml-amb-composed.cpp): the path of GPU backends
-without a GGML_OP_AMB kernel (Metal, SYCL, ...), held to the fused op on the CPU, the oracle.
+without a GGML_OP_AMB kernel (Metal, SYCL, ...), held to the fused op on the CPU, the oracle: one op
+at a time over a grid of banks, ubatches, sequences and modes (cpp/tests/amb-composed.cpp), then in
+the model.
 
 PACE_AMB_IMPL=composed makes every AMB layer use the composed graph, on the CPU too, where every other
 op of the model is the same as in the fused run. The composed graph reduces its sums in another order
@@ -11,13 +13,52 @@ similarity 0.25006 against a threshold of 0.25) and then the banks part ways; th
 share of equal cases and the counts, as for the Vulkan kernel.
 """
 
+import itertools
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "cpp"))
+from backend_ops import package_build_dir  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
 LAYERS = (12, 26)
 QUESTION = "\n\nQuestion: what is the door code? Answer: The door code is"
+
+
+@pytest.fixture(scope="module")
+def composed_tool():
+    """pace-amb-composed, built in the package's build folder (EXCLUDE_FROM_ALL)."""
+    build = package_build_dir()
+    subprocess.run(["cmake", "--build", str(build), "--target", "pace-amb-composed"], check=True, capture_output=True)
+    return lambda *args: subprocess.run([str(build / "pace-amb-composed"), *args, "--reps", "1"], capture_output=True,
+                                        text=True, timeout=600, env=dict(os.environ, LD_LIBRARY_PATH=str(build / "bin")))
+
+
+GRID = [("1536", tokens, seqs, mode, fill) for tokens, (seqs, mode), fill in
+        itertools.product(("1", "7", "64", "512"), (("1", "code"), ("3", "paper")), ("0", "3", "50", "100"))]
+GRID += [("18944", tokens, "1", "code", "50") for tokens in ("1", "512")]
+
+
+@pytest.mark.parametrize(("n_ff", "tokens", "seqs", "mode", "fill"), GRID)
+def test_one_op_of_the_composed_graph_equals_the_fused_op(composed_tool, n_ff, tokens, seqs, mode, fill):
+    """Empty, nearly empty (fewer valid slots than neighbours), half full and full banks (replacement by
+    usage, ties to the lower slot); 1 to 512 rows, some of no sequence; one or three sequences."""
+    result = composed_tool("--n-ff", n_ff, "--tokens", tokens, "--seqs", seqs, "--mode", mode, "--fill", fill)
+    assert result.returncode == 0, result.stdout + result.stderr  # every case label and counter equal
+    out = result.stdout
+    rows = float(re.search(r"enhanced rows: max \|diff\| / max \|fused\| = (\S+)", out)[1])
+    keys, values = map(float, re.search(r"keys (\S+), values (\S+) \(relative\)", out).groups())
+    assert max(rows, keys, values) <= 1e-5, out
+    n_slots = 100 * int(seqs)
+    assert f"usage equal {n_slots}/{n_slots}, valid equal {n_slots}/{n_slots}" in out, out
 
 
 @pytest.fixture(scope="module")

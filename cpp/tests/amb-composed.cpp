@@ -1,8 +1,8 @@
 // pace-gguf: the AMB composed from standard ggml ops (cpp/src/ggml-amb-composed.cpp, design A of
 // cpp/src/BACKENDS.md) on a device, against the fused GGML_OP_AMB on the CPU, the oracle.
 //
-// Runs one AMB layer's op on a ubatch drawn to meet all three cases, in S sequences whose banks are
-// half full, on a backend (the CPU, or any device ggml was built with: --device Vulkan0), and
+// Runs one AMB layer's op on a ubatch drawn to meet all three cases, in S sequences whose banks hold
+// --fill of their 100 slots (default 50), on a backend (the CPU, or any device ggml was built with: --device Vulkan0), and
 // compares with the fused op on the CPU: enhanced rows, case labels, the banks after the store
 // (keys, values, usage, valid), the counters. Then it times both, counts the composed graph's
 // nodes and lists its ops with their types (what a backend's supports_op is asked). `--impl fused`
@@ -12,7 +12,7 @@
 //
 //   cmake --build build/<wheel tag> --target pace-amb-composed
 //   build/<wheel tag>/pace-amb-composed [--device NAME] [--impl composed|fused] [--n-ff N]
-//       [--tokens T] [--seqs S] [--mode code|paper] [--chunk C] [--reps R]
+//       [--tokens T] [--seqs S] [--mode code|paper] [--fill SLOTS] [--chunk C] [--reps R]
 #include "ggml.h"
 #include "ggml-alloc.h"
 #include "ggml-backend.h"
@@ -45,6 +45,7 @@ struct options {
     int threads = 2;
     int chunk = 1024;   // store chunk of the fused op (the composed graph stores one chunk)
     int mode = 0;       // 0 code, 1 paper
+    int fill = 50;      // valid slots per bank (of 100)
     bool fused = false; // --impl fused: the device's GGML_OP_AMB kernel instead of the composed graph
 };
 
@@ -55,10 +56,10 @@ struct state {
     std::vector<int32_t> rows; // sequence, position
 };
 
-// Per sequence, a bank whose first half holds copies of rows like this ubatch's at three noise
+// Per sequence, a bank whose first `fill` slots hold copies of rows like this ubatch's at three noise
 // levels (high, mid and low similarity), usage 1..4, the rest free; rows of uniform noise, dealt to
 // the sequences in turn, and every 16th row to no sequence at all.
-state make_state(int64_t n_ff, int64_t T, int64_t S, unsigned seed) {
+state make_state(int64_t n_ff, int64_t T, int64_t S, int fill, unsigned seed) {
     std::mt19937 rng(seed);
     std::uniform_real_distribution<float> uni(-1.0f, 1.0f);
     state st;
@@ -69,7 +70,7 @@ state make_state(int64_t n_ff, int64_t T, int64_t S, unsigned seed) {
     const float noise[3] = {0.2f, 1.0f, 4.0f};
     for (int64_t s = 0; s < S; ++s) {
         float * bank = st.bank.data() + s * 2 * M * n_ff, * meta = st.meta.data() + s * 3 * M;
-        for (int j = 0; j < M / 2; ++j) {
+        for (int j = 0; j < fill; ++j) {
             const float * src = st.x.data() + ((j * S + s) % T) * n_ff;
             float * key = bank + j * n_ff, * val = bank + (M + j) * n_ff;
             double nrm = 0;
@@ -227,6 +228,7 @@ options parse(int argc, char ** argv) {
         else if (a == "--threads") o.threads = std::stoi(argv[i + 1]);
         else if (a == "--chunk") o.chunk = std::stoi(argv[i + 1]);
         else if (a == "--mode") o.mode = std::string(argv[i + 1]) == "paper";
+        else if (a == "--fill") o.fill = std::clamp(std::stoi(argv[i + 1]), 0, M);
         else if (a == "--impl") o.fused = std::string(argv[i + 1]) == "fused";
     }
     return o;
@@ -251,7 +253,7 @@ int main(int argc, char ** argv) {
     ggml_backend_t backend = o.device == "CPU" ? cpu : ggml_backend_dev_init(dev, nullptr);
 
     const int64_t T = o.tokens, S = o.seqs;
-    const state st = make_state(o.n_ff, T, S, 42);
+    const state st = make_state(o.n_ff, T, S, o.fill, 42);
     const run_result ref = run(cpu, true, st, o);
     const run_result got = run(backend, o.fused, st, o);
     const char * impl = o.fused ? "fused" : "composed";
@@ -278,8 +280,8 @@ int main(int argc, char ** argv) {
             valid_same += ref.meta[s * 3 * M + M + j] == got.meta[s * 3 * M + M + j];
         }
     }
-    printf("device %s, n_ff %lld, tokens %lld, %lld sequence(s), %s mode, bank %d (half full)\n", o.device.c_str(),
-           (long long) o.n_ff, (long long) T, (long long) S, o.mode ? "paper" : "code", M);
+    printf("device %s, n_ff %lld, tokens %lld, %lld sequence(s), %s mode, bank %d (%d slots filled)\n", o.device.c_str(),
+           (long long) o.n_ff, (long long) T, (long long) S, o.mode ? "paper" : "code", M, o.fill);
     printf("  cases (fused, CPU): low %d, mid %d, high %d; %s (%s) agrees on %d/%d; counters %s\n", n_case[0], n_case[1],
            n_case[2], impl, o.device.c_str(), same, n_logged, counters_same ? "equal" : "DIFFER");
     printf("  enhanced rows: max |diff| / max |fused| = %.3g\n", max_rel_diff(got.out, ref.out));
