@@ -152,6 +152,20 @@ def test_two_sequences_in_one_ubatch(monkeypatch, default_model_path, raw_contex
     assert np.mean(composed["logits"].argmax(axis=1) == fused["logits"].argmax(axis=1)) >= 0.9
 
 
+def test_the_composed_graph_on_every_layer_fits_the_graph(run_cli):
+    """About 200 nodes per AMB layer: llama.cpp's graph makes room for them (graph_max_nodes)."""
+    every = ",".join(str(il) for il in range(30))  # SmolLM2-135M's 30 layers
+    runs = {}
+    for impl in ("fused", "composed"):
+        result = run_cli("chat", "--prompt", "Note: the door code is 4817. What is the door code?", "--temperature", "0",
+                         "--max-tokens", "12", "--amb-layers", every, "--stats", env={"PACE_AMB_IMPL": impl})
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[impl] = result
+    assert "4817" in runs["fused"].stdout and "4817" in runs["composed"].stdout
+    first = re.compile(r"layer 0: slots \d+/\d+, high \d+, mid \d+, low \d+")  # rows alike in both runs
+    assert first.search(runs["composed"].stderr)[0] == first.search(runs["fused"].stderr)[0]
+
+
 def test_info_says_how_the_amb_runs(run_cli):
     result = run_cli("info", env={"PACE_AMB_IMPL": "composed"})
     assert result.returncode == 0, result.stderr

@@ -56,6 +56,7 @@ struct amb_banks {
     std::vector<int32_t>                 layer_index; // il -> index in layers, or -1
     std::vector<ggml_context_ptr>        ctxs;        // one per buffer type
     std::vector<ggml_backend_buffer_ptr> bufs;
+    uint32_t                             graph_nodes = 0; // tensors the layers add to a graph, at most
 };
 
 // One sequence of one AMB layer, copied to the host (layout: pace-amb-layout.h). The parts not asked

@@ -136,33 +136,58 @@ bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pa
     return ggml_backend_dev_supports_op(dev, out);
 }
 
+// The composed graph of layer l's shapes on n_tokens rows, built without data (a probe).
+struct composed_probe {
+    static constexpr size_t MAX_TENSORS = 4096; // the graph has a few hundred, views included
+    ggml_context_ptr ctx;
+    ggml_cgraph *    gf       = nullptr;
+    int              n_tensors = 0;         // what the graph adds: row inputs, nodes and views
+
+    composed_probe(const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos, uint32_t n_tokens) {
+        ggml_init_params ip = {ggml_tensor_overhead() * MAX_TENSORS + ggml_graph_overhead_custom(MAX_TENSORS, false), nullptr, true};
+        ctx.reset(ggml_init(ip));
+        if (!ctx) {
+            throw std::runtime_error("failed to create the AMB probe context");
+        }
+        amb_layer probe{l.il, l.n_ff, amb_impl::composed};
+        new_layer_tensors(ctx.get(), probe, p, n_seq, n_pos);
+        ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, n_tokens);
+        const int before = count_tensors();
+        const pace_amb_composed::row_inputs in = pace_amb_composed::new_row_inputs(ctx.get(), n_tokens, n_seq);
+        const pace_amb_composed::graph g = pace_amb_composed::build(ctx.get(), a, composed_tensors(probe), in, op_params(p));
+        n_tensors = count_tensors() - before;
+        gf = ggml_new_graph_custom(ctx.get(), MAX_TENSORS, false);
+        ggml_build_forward_expand(gf, g.out);
+        for (ggml_tensor * w : g.writes) {
+            ggml_build_forward_expand(gf, w);
+        }
+    }
+
+    int count_tensors() const {
+        int n = 0;
+        for (ggml_tensor * t = ggml_get_first_tensor(ctx.get()); t; t = ggml_get_next_tensor(ctx.get(), t)) {
+            ++n;
+        }
+        return n;
+    }
+};
+
 // Whether `dev`'s backend runs every op of the composed graph of layer l's shapes (as above).
 bool device_runs_composed(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
                           uint32_t n_pos, uint32_t n_tokens) {
-    constexpr size_t MAX_NODES = 1024;
-    ggml_init_params ip = {ggml_tensor_overhead() * 2 * MAX_NODES + ggml_graph_overhead_custom(MAX_NODES, false), nullptr, true};
-    ggml_context_ptr ctx(ggml_init(ip));
-    if (!ctx) {
-        throw std::runtime_error("failed to create the AMB probe context");
-    }
-    amb_layer probe{l.il, l.n_ff, amb_impl::composed};
-    new_layer_tensors(ctx.get(), probe, p, n_seq, n_pos);
-    ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, n_tokens);
-    const pace_amb_composed::row_inputs in = pace_amb_composed::new_row_inputs(ctx.get(), n_tokens, n_seq);
-    const pace_amb_composed::graph g = pace_amb_composed::build(ctx.get(), a, composed_tensors(probe), in, op_params(p));
-    ggml_cgraph * gf = ggml_new_graph_custom(ctx.get(), MAX_NODES, false);
-    ggml_build_forward_expand(gf, g.out);
-    for (ggml_tensor * w : g.writes) {
-        ggml_build_forward_expand(gf, w);
-    }
-    for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
-        ggml_tensor * node = ggml_graph_node(gf, i);
+    const composed_probe probe(l, p, n_seq, n_pos, n_tokens);
+    for (int i = 0; i < ggml_graph_n_nodes(probe.gf); ++i) {
+        ggml_tensor * node = ggml_graph_node(probe.gf, i);
         if (pace_amb_composed::computes(node) && !ggml_backend_dev_supports_op(dev, node)) {
             return false;
         }
     }
     return true;
 }
+
+// Tensors an AMB layer adds to a graph: the fused op with its input and a contiguous copy, or the
+// composed graph (counted on a probe: its size depends on the number of sequences).
+constexpr uint32_t FUSED_GRAPH_TENSORS = 4;
 
 // PACE_AMB_IMPL: "auto" (or unset), "fused" (never the composed graph) or "composed" (the composed
 // graph wherever it computes the op, the CPU included: how tests check it against the fused op).
@@ -247,6 +272,11 @@ amb_banks allocate_banks(const llama_pace_amb_params & p, const llama_model & mo
         if (l.impl == amb_impl::composed) {
             pace_amb_composed::set_constants(composed_tensors(l));
             LLAMA_LOG_INFO("%s: pace AMB layer %d: composed from ggml ops\n", __func__, l.il);
+            // small ubatches gather the neighbours' values, large ones multiply: count both
+            nb.graph_nodes += (uint32_t) std::max(composed_probe(l, p, n_seq, n_pos, 1).n_tensors,
+                                                  composed_probe(l, p, n_seq, n_pos, n_ubatch).n_tensors);
+        } else {
+            nb.graph_nodes += FUSED_GRAPH_TENSORS;
         }
     }
     return nb;
@@ -662,6 +692,10 @@ ggml_tensor * llama_pace_amb_build(llama_pace_amb * amb, ggml_context * ctx0, ll
 
 uint64_t llama_pace_amb_graph_key(const llama_pace_amb * amb) {
     return amb ? amb->generation : 0;
+}
+
+uint32_t llama_pace_amb_graph_nodes(const llama_pace_amb * amb) {
+    return amb ? amb->banks.graph_nodes : 0;
 }
 
 // ---- decode --------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //   bank owner, so every sequence operation on the memory (the public llama_memory_* functions and
 //   llama.cpp's own rollbacks alike) and every session state read/write reach the banks;
 // * llama-context.cpp's decode calls llama_pace_amb_decode_begin/_end around its ubatch loop;
-// * llama-graph.cpp's build_ffn calls llama_pace_amb_build() just before the down projection.
+// * llama-graph.cpp's build_ffn calls llama_pace_amb_build() just before the down projection, and
+//   llama-context.cpp's graph_max_nodes makes room for what it adds (llama_pace_amb_graph_nodes).
 // The public C API (llama_pace_amb_*, for ctypes) is in pace.h, implemented in pace-amb.cpp.
 #pragma once
 
@@ -42,6 +43,8 @@ std::unique_ptr<llama_memory_i> llama_pace_memory_wrap(std::unique_ptr<llama_mem
 ggml_tensor * llama_pace_amb_build(llama_pace_amb * amb, ggml_context * ctx0, llm_graph_result * res, ggml_tensor * cur, int il);
 // Changes whenever the AMB part of the graph changes; part of the graph-reuse key.
 uint64_t llama_pace_amb_graph_key(const llama_pace_amb * amb);
+// Graph nodes (and tensors) the AMB adds to a graph: llama-context.cpp's graph_max_nodes adds them.
+uint32_t llama_pace_amb_graph_nodes(const llama_pace_amb * amb);
 
 // Decode: prompt granularity freezes the banks before a multi-ubatch batch; the end flushes the
 // rows still buffered (synchronizing the context only then) and gives sequences that shared tokens
