@@ -6,7 +6,7 @@
     python cpp/build_vulkan.py --vulkan-include DIR  # Vulkan headers newer than the system's
 
 The same sources as the package (cpp/fixes, cpp/patches, cpp/src) with -DGGML_VULKAN=ON, plus
-llama.cpp's test-backend-ops with the GGML_OP_AMB case (cpp/tests). Built once into the user
+llama.cpp's test-backend-ops with the GGML_OP_AMB case and pace-amb-composed (cpp/tests). Built once into the user
 cache, then incrementally. Point pace_gguf at the libraries with PACE_GGUF_LIB_DIR=<printed folder>.
 
 Needs glslc, SPIRV-Headers and Vulkan headers of version 1.3.261 or later (the pinned ggml-vulkan
@@ -67,7 +67,8 @@ def main() -> int:
                          f"{args.vulkan_include} (found {found}); see --help")
     options = ("-DGGML_VULKAN=ON", f"-DVulkan_INCLUDE_DIR={args.vulkan_include}",
                f"-DSKBUILD_PROJECT_VERSION={package_version()}")
-    print(build(args.build_dir or default_build_dir(), options, ("llama", "ggml-vulkan", "test-backend-ops")))
+    print(build(args.build_dir or default_build_dir(), options,
+                ("llama", "ggml-vulkan", "test-backend-ops", "pace-amb-composed")))
     return 0
 
 

@@ -11,6 +11,7 @@ Marked `vulkan`; they skip unless cpp/build_vulkan.py has built the library into
 import importlib.util
 import os
 import re
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -55,6 +56,23 @@ def test_vulkan_build_sees_a_vulkan_device_where_the_amb_runs(run_cli):
     assert "Vulkan" in backends, result.stdout
     device = next((line for line in result.stdout.splitlines() if line.strip().startswith("Vulkan0")), None)
     assert device is not None and "AMB runs here" in device, result.stdout
+
+
+@pytest.mark.parametrize(("tokens", "seqs", "mode", "fill"), [("1", "1", "code", "50"), ("64", "3", "paper", "100"),
+                                                        ("512", "1", "code", "0"), ("512", "2", "paper", "50")])
+def test_the_composed_graph_on_the_vulkan_device_equals_the_fused_op_on_the_cpu(tokens, seqs, mode, fill):
+    tool = LIB_DIR.parent / "pace-amb-composed"
+    assert tool.exists(), "cpp/build_vulkan.py builds pace-amb-composed"
+    result = subprocess.run([str(tool), "--device", "Vulkan0", "--tokens", tokens, "--seqs", seqs, "--mode", mode, "--fill", fill,
+                             "--reps", "1"], capture_output=True, text=True, timeout=600,
+                            env=dict(os.environ, LD_LIBRARY_PATH=str(LIB_DIR), **VULKAN_ENV))
+    assert result.returncode == 0, result.stdout + result.stderr  # every case label and counter equal
+    # lavapipe's f32 matrix products round differently from the CPU's (seen: up to 4.3e-4)
+    rows = float(re.search(r"enhanced rows: max \|diff\| / max \|fused\| = (\S+)", result.stdout)[1])
+    keys, values = map(float, re.search(r"keys (\S+), values (\S+) \(relative\)", result.stdout).groups())
+    assert max(rows, keys, values) <= 2e-3, result.stdout
+    n_slots = 100 * int(seqs)
+    assert f"usage equal {n_slots}/{n_slots}, valid equal {n_slots}/{n_slots}" in result.stdout, result.stdout
 
 
 def test_every_amb_case_passes_on_the_vulkan_device_against_the_cpu(assert_every_amb_case_passes):
