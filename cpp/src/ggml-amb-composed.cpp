@@ -305,7 +305,6 @@ void set_rows_of(const row_inputs & in, const bank_tensors & b, const std::vecto
     GGML_ASSERT((int64_t) rows.size() == 2 * T);
     std::vector<float> onehot(T * S, 0.0f), value_row(T, 0.0f), keep(T, 0.0f);
     std::vector<int32_t> entry(T, -1);
-    std::vector<char> taken(n_pos * S, 0);
     for (int64_t t = 0; t < T; ++t) {
         const int32_t s = rows[2 * t], pos = rows[2 * t + 1];
         if (s < 0 || s >= S) {
@@ -316,13 +315,17 @@ void set_rows_of(const row_inputs & in, const bank_tensors & b, const std::vecto
         if (pos >= 0 && pos < n_pos) {
             entry[t] = (int32_t) (s * n_pos + pos);
             keep[t] = 1.0f;
-            taken[entry[t]] = 1;
         }
     }
     // A row that logs nothing rewrites an entry no other row of the ubatch writes, with its own value
     // (there is one: a state has n_pos >= n_ubatch positions per sequence, more than the rows logged).
     if (std::find(entry.begin(), entry.end(), -1) != entry.end()) {
-        const int32_t spare = (int32_t) (std::find(taken.begin(), taken.end(), 0) - taken.begin());
+        std::vector<int32_t> used(entry);
+        std::sort(used.begin(), used.end());
+        int32_t spare = 0;
+        for (int32_t e : used) {
+            spare += e == spare; // entries ascending: the first gap is free
+        }
         GGML_ASSERT(spare < n_pos * S);
         std::replace(entry.begin(), entry.end(), -1, spare);
     }
