@@ -4,10 +4,13 @@ and on every layer, each run in a fresh process, configurations interleaved; rat
     PYTHONPATH=. .venv/bin/python benchmarks/amb_overhead.py [--models smollm2] [--reps 6]
     PYTHONPATH=. .venv/bin/python benchmarks/amb_overhead.py --n-gpu-layers -1 --prompts 512 8192 --n-gen 128 \
         --models smollm2 qwen2-7b-random   # the GPU benchmark
+    PYTHONPATH=. .venv/bin/python benchmarks/amb_overhead.py --composed   # + the AMB composed from ggml ops
 
 A run loads the model into a new process (so no run inherits another's caches, heap or thread pool),
 warms it up with a short decode, then times each prompt from an empty context (llama_decode calls of
 n_batch tokens) and n_gen greedy tokens after the first prompt (with the AMB on, a filled bank).
+--composed adds each "on" configuration again with the AMB composed from standard ggml ops
+(PACE_AMB_IMPL=composed: the path of backends without a kernel) and writes amb_overhead_composed.*.
 Prompts are random token ids (speed depends on shapes, not on the text). Repetition r runs every
 configuration once, in an order rotated by r, so that none always runs first; a ratio compares the
 two configurations of the same repetition. Writes benchmarks/results/amb_overhead.{json,md}.
@@ -28,6 +31,7 @@ from throughput import WARMUP_TOKENS, amb_layers, greedy, rotated, timed
 
 HERE = Path(__file__).resolve()
 CONFIGS = ("off", "2 layers", "all layers")  # the first is the reference of the ratios
+COMPOSED = ", composed"  # suffix of a configuration run with PACE_AMB_IMPL=composed
 
 
 # --- one run, in its own process ----------------------------------------------------------------------------------
@@ -41,6 +45,8 @@ def one_run(spec: dict) -> dict:
 
     llama_cpp = llama_cpp_module()
 
+    if spec["label"].endswith(COMPOSED):
+        os.environ["PACE_AMB_IMPL"] = "composed"  # read when the AMB is configured
     llm = llama_cpp.Llama(model_path=spec["model"], verbose=False, **spec["params"])
     if spec["layers"] is not None:
         amb.set_config(compat.context_pointer(llm), amb.PaceConfig(enabled=True, layers=tuple(spec["layers"])))
@@ -72,6 +78,8 @@ def bench_model(name: str, args) -> list[dict]:
 
     path = report.model_path(name)
     layers = {k: v for k, v in amb_layers(read_shape(path).n_layer).items() if k in args.configs}
+    if args.composed:
+        layers.update({k + COMPOSED: v for k, v in list(layers.items()) if v is not None})
     seconds = {label: [] for label in layers}
     for rep in range(args.reps):
         for label in rotated(list(layers), rep):
@@ -120,6 +128,8 @@ def parse_args(argv=None):
     parser.add_argument("--n-ubatch", type=int, default=512, help="n_batch and n_ubatch (default 512)")
     parser.add_argument("--n-gpu-layers", type=int, default=0, help="layers offloaded to a GPU (-1: all; default 0)")
     parser.add_argument("--flash-attn", action="store_true", help="flash attention (default off)")
+    parser.add_argument("--composed", action="store_true",
+                        help="also run each AMB configuration composed from ggml ops (PACE_AMB_IMPL=composed)")
     parser.add_argument("--quick", action="store_true", help="smoke check: a 64-token prompt, 8 tokens, 1 rep")
     parser.add_argument("--out", type=Path, default=None, help="results folder (default benchmarks/results)")
     parser.add_argument("--one", help=argparse.SUPPRESS)
@@ -149,8 +159,12 @@ def main(argv=None) -> int:
              f"{args.threads} thread{'s' * (args.threads != 1)}, n_batch = n_ubatch = {args.n_ubatch}, "
              f"n_gpu_layers {args.n_gpu_layers}, flash attention {'on' if args.flash_attn else 'off'}."]
     notes += [f"{r['model']}: 2 layers = {r['amb_layers']}" for r in rows if r["config"] == "2 layers"]
-    report.write_report("amb_overhead", "What the AMB costs: speed with the AMB on relative to off", rows,
-                        columns(tests), params, notes, args.out)
+    if args.composed:
+        notes.append('"composed": the AMB composed from standard ggml ops (PACE_AMB_IMPL=composed), the path of '
+                     "backends without a GGML_OP_AMB kernel; the others use the kernel.")
+    report.write_report("amb_overhead_composed" if args.composed else "amb_overhead",
+                        "What the AMB costs: speed with the AMB on relative to off", rows, columns(tests), params, notes,
+                        args.out)
     return 0
 
 

@@ -20,17 +20,18 @@ MACHINE_KEYS = {"cpu_model", "logical_cpus", "cpu_features", "build_id", "pace_g
                 "command"}
 
 
-def run_quick(name: str, out: Path) -> dict:
+def run_quick(name: str, out: Path, *extra: str, report_name: str | None = None) -> dict:
     import pace_gguf  # noqa: PLC0415
 
     # the runners import the same pace_gguf as the tests (installed, or the checkout on PYTHONPATH)
     env = dict(os.environ, PYTHONPATH=str(Path(pace_gguf.__file__).resolve().parents[1]))
     command = [sys.executable, str(BENCHMARKS / f"{name}.py"), "--quick", "--models", "smollm2", "--threads", "1",
-               "--out", str(out)]
+               "--out", str(out), *extra]
     result = subprocess.run(command, capture_output=True, text=True, env=env, cwd=out, timeout=900)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (out / f"{name}.md").read_text().startswith("# ")
-    report = json.loads((out / f"{name}.json").read_text())
+    report_name = report_name or name
+    assert (out / f"{report_name}.md").read_text().startswith("# ")
+    report = json.loads((out / f"{report_name}.json").read_text())
     assert MACHINE_KEYS <= set(report["meta"]), set(report["meta"])
     assert report["meta"]["cpu_features"] and report["meta"]["build_id"].startswith("pace-gguf")
     return report
@@ -76,6 +77,15 @@ def test_amb_overhead(tmp_path):
         assert len(r["seconds"]["pp64"]) == 1  # --quick: one repetition
     assert rows["2 layers"]["amb_layers"] == [12, 26] and rows["off"]["amb_layers"] is None
     assert rows["off"]["vs_off"]["tg8"] == [1.0, 1.0, 1.0]
+
+
+def test_amb_overhead_with_the_composed_graph(tmp_path):
+    report = run_quick("amb_overhead", tmp_path, "--composed", "--configs", "off", "2 layers",
+                       report_name="amb_overhead_composed")
+    rows = {r["config"]: r for r in report["rows"]}
+    assert list(rows) == ["off", "2 layers", "2 layers, composed"]
+    assert rows["2 layers, composed"]["amb_layers"] == rows["2 layers"]["amb_layers"] == [12, 26]
+    assert min(rows["2 layers, composed"]["tok_s"].values()) > 0
 
 
 def test_shape_true_model_has_q4_k_m_types_and_loads(tmp_path):
