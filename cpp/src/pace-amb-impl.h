@@ -6,6 +6,7 @@
 #include "pace-amb.h"
 #include "pace-amb-layout.h"
 
+#include "ggml-amb-composed.h"
 #include "ggml-cpp.h"
 
 #include <string>
@@ -58,6 +59,27 @@ struct amb_banks {
     std::vector<ggml_backend_buffer_ptr> bufs;
     uint32_t                             graph_nodes = 0; // tensors the layers add to a graph, at most
 };
+
+// ---- an AMB layer's tensors and where its op runs (pace-amb-layers.cpp) ---------------------------
+
+namespace pace_amb {
+
+hparams op_params_of(const llama_pace_amb_params & p);
+// The tensors of one AMB layer for `p` (already validated), in `ctx`: bank, metadata and state, the
+// snapshot and pending rows of prompt granularity, the composed graph's constants.
+void new_layer_tensors(ggml_context * ctx, amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos);
+ggml_context_ptr new_tensor_context(size_t n_layers); // room for the tensors of n_layers layers
+pace_amb_composed::bank_tensors composed_tensors(const amb_layer & l);
+ggml_backend_buffer_type_t host_buffer_type();
+ggml_backend_dev_t layer_device(const llama_model & model, int32_t il); // the CPU if the model has none
+// How layer l's op runs on `dev`, for contexts of n_seq sequences, n_pos positions and ubatches of up
+// to n_ubatch rows; throws if PACE_AMB_IMPL is not auto, fused or composed.
+amb_impl amb_impl_of(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
+                     uint32_t n_pos, uint32_t n_ubatch);
+// Tensors layer l (its impl set) adds to a graph, at most.
+int graph_tensors(const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos, uint32_t n_ubatch);
+
+} // namespace pace_amb
 
 // One sequence of one AMB layer, copied to the host (layout: pace-amb-layout.h). The parts not asked
 // for stay empty.
