@@ -14,6 +14,7 @@ share of equal cases and the counts, as for the Vulkan kernel.
 """
 
 import itertools
+import json
 import os
 import re
 import subprocess
@@ -59,6 +60,18 @@ def test_one_op_of_the_composed_graph_equals_the_fused_op(composed_tool, n_ff, t
     assert max(rows, keys, values) <= 1e-5, out
     n_slots = 100 * int(seqs)
     assert f"usage equal {n_slots}/{n_slots}, valid equal {n_slots}/{n_slots}" in out, out
+
+
+def test_the_device_check_script_on_the_cpu(composed_tool, tmp_path):
+    """cpp/device_check.py, the first script of a GPU session, here on the CPU device (the composed
+    graph against the fused op; test-backend-ops has no other device to compare here)."""
+    result = subprocess.run([sys.executable, str(ROOT / "cpp" / "device_check.py"), "--build-dir", str(package_build_dir()),
+                             "--device", "CPU", "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads((tmp_path / "device_check.json").read_text())
+    runs = report["pace_amb_composed"]
+    assert {(r["impl"], r["ok"]) for r in runs} == {("fused", True), ("composed", True)}, runs
+    assert all(r["nodes"] > 100 for r in runs if r["impl"] == "composed") and "skipped" in report["test_backend_ops"]
 
 
 @pytest.fixture(scope="module")

@@ -75,6 +75,16 @@ def test_the_composed_graph_on_the_vulkan_device_equals_the_fused_op_on_the_cpu(
     assert f"usage equal {n_slots}/{n_slots}, valid equal {n_slots}/{n_slots}" in result.stdout, result.stdout
 
 
+def test_the_device_check_script_on_the_vulkan_device(tmp_path):
+    """cpp/device_check.py, the first script of a GPU session, on lavapipe."""
+    result = subprocess.run(["python3", str(ROOT / "cpp" / "device_check.py"), "--build-dir", str(LIB_DIR.parent),
+                             "--device", "Vulkan0", "--quick", "--out", str(tmp_path)], capture_output=True, text=True,
+                            timeout=1800, env=dict(os.environ, **VULKAN_ENV))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.search(r"on Vulkan0: (\d+)/\1 passed", result.stdout), result.stdout
+    assert "| fused | 1536 | 1 | 1 | yes |" in result.stdout and "| composed | 1536 | 64 | 3 | yes |" in result.stdout
+
+
 def test_every_amb_case_passes_on_the_vulkan_device_against_the_cpu(assert_every_amb_case_passes):
     assert_every_amb_case_passes("Vulkan0", "--build-dir", str(LIB_DIR.parent), env=VULKAN_ENV, timeout=3600)
 
