@@ -45,8 +45,10 @@ def build_targets(build_dir: Path, rpc: bool) -> None:
 
 
 def library_env(build_dir: Path) -> dict:
-    """The build tree's programs find its libraries in bin/ (their RPATH, $ORIGIN, is for the installed layout)."""
-    return dict(os.environ, LD_LIBRARY_PATH=str(build_dir / "bin"))
+    """The build tree's programs find its libraries in bin/ (their RPATH, $ORIGIN, is for the installed layout),
+    then wherever LD_LIBRARY_PATH already points (cuBLAS outside the CUDA toolkit, say)."""
+    paths = [str(build_dir / "bin")] + [p for p in os.environ.get("LD_LIBRARY_PATH", "").split(os.pathsep) if p]
+    return dict(os.environ, LD_LIBRARY_PATH=os.pathsep.join(paths))
 
 
 def free_port() -> int:

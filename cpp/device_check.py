@@ -42,6 +42,7 @@ def backend_ops(build_dir: Path, device: str, quick: bool) -> dict:
     result = subprocess.run(command, capture_output=True, text=True, env=library_env(build_dir), timeout=3600)
     passed = PASSED.search(result.stdout)
     return {"command": " ".join(command[1:]), "returncode": result.returncode, "seconds": round(time.monotonic() - start, 1),
+            "device_found": re.search(rf"^Backend \d+/\d+: {re.escape(device)}$", result.stdout, re.M) is not None,
             "passed": int(passed[1]) if passed else 0, "cases": int(passed[2]) if passed else 0,
             "ok": result.returncode == 0 and passed is not None and passed[1] == passed[2] and int(passed[2]) > 0,
             "tail": result.stdout[-1500:] + result.stderr[-1500:]}
@@ -81,6 +82,9 @@ def main(argv=None) -> int:
                              f"{args.build_dir} first")
 
     ops = backend_ops(args.build_dir, args.device, args.quick)
+    if not ops.get("device_found", True):
+        raise SystemExit(f"no device {args.device} in this build on this machine (test-backend-ops lists its "
+                         f"devices: {args.build_dir / 'test-backend-ops'} test -o AMB)\n{ops['tail']}")
     impls = ("fused", "composed") if device_has_kernel(ops, args.device) else ("composed",)
     runs = [composed_tool(args.build_dir, args.device, impl, *size) for size in (QUICK_SIZES if args.quick else SIZES)
             for impl in impls]
