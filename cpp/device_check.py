@@ -48,9 +48,12 @@ def backend_ops(build_dir: Path, device: str, quick: bool) -> dict:
             "tail": result.stdout[-1500:] + result.stderr[-1500:]}
 
 
-def composed_tool(build_dir: Path, device: str, impl: str, n_ff: int, tokens: int, seqs: int) -> dict:
+def composed_tool(build_dir: Path, device: str, impl: str, n_ff: int, tokens: int, seqs: int, mode: str = "code",
+                  fill: int = 50, reps: int = 20) -> dict:
+    """One pace-amb-composed run, parsed. ok: every case label and counter equal (its exit status), and
+    every usage and valid flag; the rows' and banks' differences are for the caller to bound."""
     command = [str(build_dir / "pace-amb-composed"), "--device", device, "--impl", impl, "--n-ff", str(n_ff),
-               "--tokens", str(tokens), "--seqs", str(seqs), "--reps", "20"]
+               "--tokens", str(tokens), "--seqs", str(seqs), "--mode", mode, "--fill", str(fill), "--reps", str(reps)]
     result = subprocess.run(command, capture_output=True, text=True, env=library_env(build_dir), timeout=1800)
     out = result.stdout
     rows = re.search(r"enhanced rows: max \|diff\| / max \|fused\| = (\S+)", out)
@@ -59,12 +62,13 @@ def composed_tool(build_dir: Path, device: str, impl: str, n_ff: int, tokens: in
     ok = result.returncode == 0 and None not in (rows, bank, times) and bank[3] == bank[4] and bank[5] == bank[6]
     return {"impl": impl, "n_ff": n_ff, "tokens": tokens, "seqs": seqs, "ok": ok,
             "rows_rel_diff": float(rows[1]) if rows else None,
+            "keys_rel_diff": float(bank[1]) if bank else None, "values_rel_diff": float(bank[2]) if bank else None,
             "cpu_fused_us": float(times[1]) if times else None, "device_us": float(times[2]) if times else None,
             "nodes": int(times[3]) if times else None, "tail": "" if ok else (out + result.stderr)[-1500:]}
 
 
 def device_has_kernel(ops: dict, device: str) -> bool:
-    """test-backend-ops says "not supported" for every case of a device without the op."""
+    """test-backend-ops counts only the cases a device supports (lavapipe's declined ones were not counted)."""
     return device == "CPU" or ops.get("cases", 0) > 0
 
 

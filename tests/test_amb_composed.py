@@ -15,7 +15,6 @@ share of equal cases and the counts, as for the Vulkan kernel.
 
 import itertools
 import json
-import os
 import re
 import subprocess
 import sys
@@ -27,6 +26,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "cpp"))
 from backend_ops import package_build_dir  # noqa: E402
+from device_check import composed_tool  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -35,12 +35,11 @@ QUESTION = "\n\nQuestion: what is the door code? Answer: The door code is"
 
 
 @pytest.fixture(scope="module")
-def composed_tool():
-    """pace-amb-composed, built in the package's build folder (EXCLUDE_FROM_ALL)."""
+def build_dir():
+    """The package's build folder, with pace-amb-composed built there (EXCLUDE_FROM_ALL)."""
     build = package_build_dir()
     subprocess.run(["cmake", "--build", str(build), "--target", "pace-amb-composed"], check=True, capture_output=True)
-    return lambda *args: subprocess.run([str(build / "pace-amb-composed"), *args, "--reps", "1"], capture_output=True,
-                                        text=True, timeout=600, env=dict(os.environ, LD_LIBRARY_PATH=str(build / "bin")))
+    return build
 
 
 GRID = [("1536", tokens, seqs, mode, fill) for tokens, (seqs, mode), fill in
@@ -49,20 +48,15 @@ GRID += [("18944", tokens, "1", "code", "50") for tokens in ("1", "512")]
 
 
 @pytest.mark.parametrize(("n_ff", "tokens", "seqs", "mode", "fill"), GRID)
-def test_one_op_of_the_composed_graph_equals_the_fused_op(composed_tool, n_ff, tokens, seqs, mode, fill):
+def test_one_op_of_the_composed_graph_equals_the_fused_op(build_dir, n_ff, tokens, seqs, mode, fill):
     """Empty, nearly empty (fewer valid slots than neighbours), half full and full banks (replacement by
     usage, ties to the lower slot); 1 to 512 rows, some of no sequence; one or three sequences."""
-    result = composed_tool("--n-ff", n_ff, "--tokens", tokens, "--seqs", seqs, "--mode", mode, "--fill", fill)
-    assert result.returncode == 0, result.stdout + result.stderr  # every case label and counter equal
-    out = result.stdout
-    rows = float(re.search(r"enhanced rows: max \|diff\| / max \|fused\| = (\S+)", out)[1])
-    keys, values = map(float, re.search(r"keys (\S+), values (\S+) \(relative\)", out).groups())
-    assert max(rows, keys, values) <= 1e-5, out
-    n_slots = 100 * int(seqs)
-    assert f"usage equal {n_slots}/{n_slots}, valid equal {n_slots}/{n_slots}" in out, out
+    run = composed_tool(build_dir, "CPU", "composed", n_ff, tokens, seqs, mode, fill, reps=1)
+    assert run["ok"], run["tail"]  # every case label, counter, usage and valid flag equal
+    assert max(run["rows_rel_diff"], run["keys_rel_diff"], run["values_rel_diff"]) <= 1e-5, run
 
 
-def test_the_device_check_script_on_the_cpu(composed_tool, tmp_path):
+def test_the_device_check_script_on_the_cpu(build_dir, tmp_path):
     """cpp/device_check.py, the first script of a GPU session, here on the CPU device (the composed
     graph against the fused op; test-backend-ops has no other device to compare here)."""
     result = subprocess.run([sys.executable, str(ROOT / "cpp" / "device_check.py"), "--build-dir", str(package_build_dir()),

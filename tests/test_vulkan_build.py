@@ -12,11 +12,14 @@ import importlib.util
 import os
 import re
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "cpp"))
+from device_check import composed_tool  # noqa: E402
 PROMPT = "Note: the door code is 4817. What is the door code?"  # the README's prompt (tests/test_cli.py)
 ANSWER = "4817"
 STATS = re.compile(r"layer (\d+): slots \d+/\d+, high (\d+), mid (\d+), low (\d+)")
@@ -60,19 +63,14 @@ def test_vulkan_build_sees_a_vulkan_device_where_the_amb_runs(run_cli):
 
 @pytest.mark.parametrize(("tokens", "seqs", "mode", "fill"), [("1", "1", "code", "50"), ("64", "3", "paper", "100"),
                                                         ("512", "1", "code", "0"), ("512", "2", "paper", "50")])
-def test_the_composed_graph_on_the_vulkan_device_equals_the_fused_op_on_the_cpu(tokens, seqs, mode, fill):
-    tool = LIB_DIR.parent / "pace-amb-composed"
-    assert tool.exists(), "cpp/build_vulkan.py builds pace-amb-composed"
-    result = subprocess.run([str(tool), "--device", "Vulkan0", "--tokens", tokens, "--seqs", seqs, "--mode", mode, "--fill", fill,
-                             "--reps", "1"], capture_output=True, text=True, timeout=600,
-                            env=dict(os.environ, LD_LIBRARY_PATH=str(LIB_DIR), **VULKAN_ENV))
-    assert result.returncode == 0, result.stdout + result.stderr  # every case label and counter equal
+def test_the_composed_graph_on_the_vulkan_device_equals_the_fused_op_on_the_cpu(monkeypatch, tokens, seqs, mode, fill):
+    assert (LIB_DIR.parent / "pace-amb-composed").exists(), "cpp/build_vulkan.py builds pace-amb-composed"
+    for name, value in VULKAN_ENV.items():  # the tool's process inherits them (lavapipe is asked for by number)
+        monkeypatch.setenv(name, value)
+    run = composed_tool(LIB_DIR.parent, "Vulkan0", "composed", 1536, tokens, seqs, mode, fill, reps=1)
+    assert run["ok"], run["tail"]  # every case label, counter, usage and valid flag equal
     # lavapipe's f32 matrix products round differently from the CPU's (seen: up to 4.3e-4)
-    rows = float(re.search(r"enhanced rows: max \|diff\| / max \|fused\| = (\S+)", result.stdout)[1])
-    keys, values = map(float, re.search(r"keys (\S+), values (\S+) \(relative\)", result.stdout).groups())
-    assert max(rows, keys, values) <= 2e-3, result.stdout
-    n_slots = 100 * int(seqs)
-    assert f"usage equal {n_slots}/{n_slots}, valid equal {n_slots}/{n_slots}" in result.stdout, result.stdout
+    assert max(run["rows_rel_diff"], run["keys_rel_diff"], run["values_rel_diff"]) <= 2e-3, run
 
 
 def test_the_device_check_script_on_the_vulkan_device(tmp_path):
