@@ -29,9 +29,11 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from backend_ops import PASSED, QUICK, library_env  # noqa: E402
 
-# pace-amb-composed's sizes: (n_ff, tokens, sequences); decode and a prompt ubatch, SmolLM2 and Qwen2-7B widths
-SIZES = [(1536, 1, 1), (1536, 512, 1), (18944, 1, 1), (18944, 512, 1), (1536, 64, 3)]
-QUICK_SIZES = [(1536, 1, 1), (1536, 64, 3)]
+# pace-amb-composed's sizes: (n_ff, tokens, sequences) and options; decode and a prompt ubatch,
+# SmolLM2 and Qwen2-7B widths, a ubatch stored in several chunks, a prompt span storing from pend
+SIZES = [(1536, 1, 1, {}), (1536, 512, 1, {}), (18944, 1, 1, {}), (18944, 512, 1, {}), (1536, 64, 3, {}),
+         (1536, 512, 1, {"chunk": 128}), (1536, 300, 2, {"chunk": 80, "span": 70})]
+QUICK_SIZES = [(1536, 1, 1, {}), (1536, 64, 3, {}), (1536, 300, 2, {"chunk": 80, "span": 70})]
 
 
 def backend_ops(build_dir: Path, device: str, quick: bool) -> dict:
@@ -49,20 +51,26 @@ def backend_ops(build_dir: Path, device: str, quick: bool) -> dict:
 
 
 def composed_tool(build_dir: Path, device: str, impl: str, n_ff: int, tokens: int, seqs: int, mode: str = "code",
-                  fill: int = 50, reps: int = 20) -> dict:
-    """One pace-amb-composed run, parsed. ok: every case label and counter equal (its exit status), and
-    every usage and valid flag; the rows' and banks' differences are for the caller to bound."""
+                  fill: int = 50, reps: int = 20, chunk: int = 1024, span: int = -1) -> dict:
+    """One pace-amb-composed run, parsed. span >= 0: a prompt span open with that many rows pending per
+    sequence. ok: every case label, counter and pending count equal (its exit status), and every usage
+    and valid flag; the rows', banks' and pending rows' differences are for the caller to bound."""
     command = [str(build_dir / "pace-amb-composed"), "--device", device, "--impl", impl, "--n-ff", str(n_ff),
-               "--tokens", str(tokens), "--seqs", str(seqs), "--mode", mode, "--fill", str(fill), "--reps", str(reps)]
+               "--tokens", str(tokens), "--seqs", str(seqs), "--mode", mode, "--fill", str(fill), "--reps", str(reps),
+               "--chunk", str(chunk), "--span", str(span)]
     result = subprocess.run(command, capture_output=True, text=True, env=library_env(build_dir), timeout=1800)
     out = result.stdout
     rows = re.search(r"enhanced rows: max \|diff\| / max \|fused\| = (\S+)", out)
     bank = re.search(r"keys (\S+), values (\S+) \(relative\); usage equal (\d+)/(\d+), valid equal (\d+)/(\d+)", out)
     times = re.search(r"fused \(CPU\) (\S+) us, \S+ \(\S+\) (\S+) us, (\d+) computing nodes", out)
-    ok = result.returncode == 0 and None not in (rows, bank, times) and bank[3] == bank[4] and bank[5] == bank[6]
-    return {"impl": impl, "n_ff": n_ff, "tokens": tokens, "seqs": seqs, "ok": ok,
+    pend = re.search(r"pending rows after: counts equal \(sequence 0: (\d+)\); max \|diff\| keys (\S+), values (\S+)", out)
+    ok = (result.returncode == 0 and None not in (rows, bank, times) and bank[3] == bank[4] and bank[5] == bank[6]
+          and (span < 0 or pend is not None))
+    return {"impl": impl, "n_ff": n_ff, "tokens": tokens, "seqs": seqs, "chunk": chunk, "span": span, "ok": ok,
             "rows_rel_diff": float(rows[1]) if rows else None,
             "keys_rel_diff": float(bank[1]) if bank else None, "values_rel_diff": float(bank[2]) if bank else None,
+            "pending_after": int(pend[1]) if pend else None,
+            "pending_keys_diff": float(pend[2]) if pend else None, "pending_values_diff": float(pend[3]) if pend else None,
             "cpu_fused_us": float(times[1]) if times else None, "device_us": float(times[2]) if times else None,
             "nodes": int(times[3]) if times else None, "tail": "" if ok else (out + result.stderr)[-1500:]}
 
@@ -90,18 +98,19 @@ def main(argv=None) -> int:
         raise SystemExit(f"no device {args.device} in this build on this machine (test-backend-ops lists its "
                          f"devices: {args.build_dir / 'test-backend-ops'} test -o AMB)\n{ops['tail']}")
     impls = ("fused", "composed") if device_has_kernel(ops, args.device) else ("composed",)
-    runs = [composed_tool(args.build_dir, args.device, impl, *size) for size in (QUICK_SIZES if args.quick else SIZES)
-            for impl in impls]
+    runs = [composed_tool(args.build_dir, args.device, impl, n_ff, tokens, seqs, **options)
+            for n_ff, tokens, seqs, options in (QUICK_SIZES if args.quick else SIZES) for impl in impls]
     report = {"device": args.device, "build_dir": str(args.build_dir), "test_backend_ops": ops, "pace_amb_composed": runs}
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "device_check.json").write_text(json.dumps(report, indent=1))
 
     print(f"test-backend-ops -o AMB on {args.device}: "
           + (ops["skipped"] if "skipped" in ops else f"{ops['passed']}/{ops['cases']} passed in {ops['seconds']} s"))
-    print("| impl | n_ff | tokens | seqs | agrees | rows rel. diff | fused on the CPU | on the device | nodes |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| impl | n_ff | tokens | seqs | chunk | span | agrees | rows rel. diff | fused on the CPU | on the device | nodes |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in runs:
-        print(f"| {r['impl']} | {r['n_ff']} | {r['tokens']} | {r['seqs']} | {'yes' if r['ok'] else 'NO'} | "
+        span = "-" if r["span"] < 0 else f"{r['span']} pending"
+        print(f"| {r['impl']} | {r['n_ff']} | {r['tokens']} | {r['seqs']} | {r['chunk']} | {span} | {'yes' if r['ok'] else 'NO'} | "
               f"{r['rows_rel_diff']} | {r['cpu_fused_us']} us | {r['device_us']} us | {r['nodes']} |")
     failed = [r["tail"] for r in runs if not r["ok"]] + ([ops["tail"]] if "ok" in ops and not ops["ok"] and ops["cases"] else [])
     for tail in failed:

@@ -1,7 +1,7 @@
 """The AMB composed from standard ggml ops (cpp/src/ggml-amb-composed.cpp): the path of GPU backends
 without a GGML_OP_AMB kernel (Metal, SYCL, ...), held to the fused op on the CPU, the oracle: one op
-at a time over a grid of banks, ubatches, sequences and modes (cpp/tests/amb-composed.cpp), then in
-the model.
+at a time over a grid of banks, ubatches, sequences, modes, store chunks and prompt spans
+(cpp/tests/amb-composed.cpp), then in the model.
 
 PACE_AMB_IMPL=composed makes every AMB layer use the composed graph, on the CPU too, where every other
 op of the model is the same as in the fused run. The composed graph reduces its sums in another order
@@ -56,6 +56,35 @@ def test_one_op_of_the_composed_graph_equals_the_fused_op(build_dir, n_ff, token
     assert max(run["rows_rel_diff"], run["keys_rel_diff"], run["values_rel_diff"]) <= 1e-5, run
 
 
+# (tokens, seqs, mode, fill, chunk, span): more rows per sequence than a chunk (up to 8 chunks, each
+# stored against the bank the one before left); prompt spans: rows retrieve against a snapshot unlike
+# the live bank and join `span` pending rows, each full chunk is stored, the rest stays pending.
+CHUNKS = [(200, 1, "code", 50, 64, -1), (512, 3, "paper", 100, 100, -1), (512, 1, "code", 0, 64, -1),
+          (64, 1, "code", 50, 1024, 0), (64, 1, "code", 50, 80, 30), (64, 2, "code", 50, 80, 70),
+          (300, 2, "code", 50, 80, 70), (1, 1, "code", 50, 80, 79), (512, 1, "paper", 100, 1024, 600),
+          (7, 3, "code", 0, 80, 10)]
+
+
+@pytest.mark.parametrize(("tokens", "seqs", "mode", "fill", "chunk", "span"), CHUNKS)
+def test_store_chunks_and_prompt_spans_of_the_composed_graph_equal_the_fused_op(build_dir, tokens, seqs, mode, fill, chunk,
+                                                                                 span):
+    run = composed_tool(build_dir, "CPU", "composed", 1536, tokens, seqs, mode, fill, reps=1, chunk=chunk, span=span)
+    assert run["ok"], run["tail"]  # labels, counters, usage, valid flags and pending counts equal
+    diffs = [run["rows_rel_diff"], run["keys_rel_diff"], run["values_rel_diff"]]
+    if span >= 0:
+        # keys are copied rows; values the enhanced rows, within rounding of values of magnitude ~1
+        assert run["pending_keys_diff"] == 0, run
+        diffs.append(run["pending_values_diff"])
+    assert max(diffs) <= 1e-5, run
+
+
+def test_a_span_stores_what_it_should(build_dir):
+    """The counts the comparison above relies on: sequence 0's 70 pending rows and 150 new ones (the
+    even rows of 300) fill two chunks of 80 and leave 60 pending; 79 + 1 fill one and leave none."""
+    assert composed_tool(build_dir, "CPU", "composed", 1536, 300, 2, reps=1, chunk=80, span=70)["pending_after"] == 60
+    assert composed_tool(build_dir, "CPU", "composed", 1536, 1, 1, reps=1, chunk=80, span=79)["pending_after"] == 0
+
+
 def test_the_device_check_script_on_the_cpu(build_dir, tmp_path):
     """cpp/device_check.py, the first script of a GPU session, here on the CPU device (the composed
     graph against the fused op; test-backend-ops has no other device to compare here)."""
@@ -74,11 +103,12 @@ def document(long_document):
     return long_document(900, fact="Note: the door code is 4817.", where=0.3) + QUESTION
 
 
-def _run(monkeypatch, model_path, impl: str, text: str, **pace):
+def _run(monkeypatch, model_path, impl: str, text: str, n_batch: int = 512, verbose: bool = False, **pace):
     from pace_gguf import Llama
 
     monkeypatch.setenv("PACE_AMB_IMPL", impl)
-    llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=2, verbose=False, pace={"layers": LAYERS, **pace})
+    llm = Llama(model_path=str(model_path), n_ctx=2048, n_batch=n_batch, n_threads=2, verbose=verbose,
+                pace={"layers": LAYERS, **pace})
     answer = llm.create_completion(text, max_tokens=8, temperature=0)["choices"][0]["text"]
     result = {"answer": answer, "n_tokens": llm.n_tokens,
               "cases": {il: llm.amb_cases(il) for il in LAYERS},
@@ -115,6 +145,22 @@ def test_the_composed_graph_gives_the_fused_ops_answer_cases_and_banks(monkeypat
     # all three cases met, in both layers: the comparison covers more than the identity case
     for il in LAYERS:
         assert set(np.unique(fused["cases"][il])) == {0, 1, 2}, il
+
+
+@pytest.mark.parametrize(("granularity", "chunk"), [("prompt", 256), ("ubatch", 256)])
+def test_store_chunks_across_and_within_ubatches_too(monkeypatch, capfd, default_model_path, document, granularity, chunk):
+    """Prompt granularity (one decode of the whole prompt: n_batch 1024, two ubatches of up to 512):
+    the 900-token prompt retrieves against the snapshot taken before it, and its rows go through
+    `pend`, three full chunks of 256 stored in-graph (two in the first ubatch), the rest by the host's
+    flush. Ubatch granularity: each ubatch stored in two chunks of 256."""
+    runs = {}
+    for impl in ("fused", "composed"):
+        capfd.readouterr()
+        runs[impl] = _run(monkeypatch, default_model_path, impl, document, n_batch=1024, verbose=True,
+                          granularity=granularity, chunk=chunk)
+        placed = re.findall(r"pace AMB layer (\d+): composed from ggml ops", capfd.readouterr().err)
+        assert placed == ([str(il) for il in LAYERS] if impl == "composed" else []), placed  # the graph covers these settings
+    _assert_agree(runs["fused"], runs["composed"])
 
 
 def test_paper_mode_too(monkeypatch, default_model_path, document):

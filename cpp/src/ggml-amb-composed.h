@@ -3,9 +3,9 @@
 // already implement, so the AMB runs where its layer runs, with its bank in that device's memory.
 //
 // What it computes is GGML_OP_AMB's (pace-amb-math.h, the oracle) on the same tensors (bank, meta,
-// state; shapes in ggml.h's ggml_amb), in ubatch granularity with one store chunk per sequence
-// (n_tokens <= chunk): several sequences per ubatch, both modes, the counters and case log, rows of
-// no sequence passed through. Where it differs (see BACKENDS.md): sums are reduced in another order
+// state, and in prompt granularity snapshot and pending rows; shapes in ggml.h's ggml_amb): several
+// sequences per ubatch, both modes, both granularities, store chunks within and across ubatches, the
+// counters and case log, rows of no sequence passed through. Where it differs (see BACKENDS.md): sums are reduced in another order
 // (results agree within rounding); ties between equal similarities follow ggml's top_k; counters pass
 // through f32 (exact up to 2^24 per bank); non-finite rows are not stored but stand in as +-FLT_MAX in
 // the store's sums.
@@ -22,13 +22,19 @@
 namespace pace_amb_composed {
 
 // A layer's persistent tensors: GGML_OP_AMB's bank [n_ff, 2M, S], meta [3M, S] and state
-// [HEADER + n_pos, S], plus two constants the graph indexes with (set by set_constants).
+// [HEADER + n_pos, S]; in prompt granularity its snapshot (snap, snap_meta) and pending rows `pend`
+// [n_ff, 2 * chunk, S], else null; plus constants the graph indexes with (set by set_constants).
 struct bank_tensors {
     ggml_tensor * bank;
     ggml_tensor * meta;
     ggml_tensor * state;
-    ggml_tensor * ident; // f32 [M, M], the identity: one-hot rows by get_rows
-    ggml_tensor * iota;  // f32 [M]: 0 .. M-1
+    ggml_tensor * snap;
+    ggml_tensor * snap_meta;
+    ggml_tensor * pend;
+    ggml_tensor * ident;    // f32 [M, M], the identity: one-hot rows by get_rows
+    ggml_tensor * iota;     // f32 [M]: 0 .. M-1
+    ggml_tensor * pend_seq; // with pend: f32 [chunk * S, S], each pending row's sequence, one-hot
+    ggml_tensor * pend_at;  // with pend: f32 [1, chunk * S], each pending row's index in its sequence's part
 };
 
 // Per-ubatch inputs, computed on the host from each row's sequence and position (set_rows_of).
@@ -37,6 +43,8 @@ struct row_inputs {
     ggml_tensor * value_row;  // f32 [1, T]: the row's first value row in `bank` seen as [n_ff, 2M*S]
     ggml_tensor * log_entry;  // i32 [T]: the row's case-log entry in the log seen as [n_pos * S]
     ggml_tensor * log_keep;   // f32 [1, T]: 1 if the row's case is logged; 0: its entry is rewritten as is
+    ggml_tensor * ordinal;    // f32 [1, T]: the row's index among its sequence's rows of the ubatch
+    ggml_tensor * pend_row;   // f32 [1, T]: the row's sequence's first row in `pend` seen as [n_ff, 2*chunk*S]
 };
 
 struct graph {
@@ -45,11 +53,13 @@ struct graph {
     std::vector<ggml_tensor *> writes; // the bank, meta and state updates: expand them into the graph
 };
 
-// Whether the composed graph computes the op for these settings: ubatch granularity, and at most one
-// store chunk per sequence in a ubatch of up to n_tokens rows.
-bool covers(const ggml_amb_params & hp, bool prompt_granularity, int64_t n_tokens);
+// Whether the composed graph computes the op for these settings on ubatches of up to n_tokens rows
+// in n_seq sequences: it bounds the store chunks per ubatch and the rows a store reads (see covers()).
+bool covers(const ggml_amb_params & hp, bool prompt_granularity, int64_t n_tokens, int64_t n_seq);
 
-bank_tensors new_constants(ggml_context * ctx, ggml_tensor * bank, ggml_tensor * meta, ggml_tensor * state);
+// pend, snap and snap_meta: null unless the layer is in prompt granularity.
+bank_tensors new_constants(ggml_context * ctx, ggml_tensor * bank, ggml_tensor * meta, ggml_tensor * state,
+                           ggml_tensor * snap, ggml_tensor * snap_meta, ggml_tensor * pend);
 void set_constants(const bank_tensors & b); // after the constants are allocated
 
 row_inputs new_row_inputs(ggml_context * ctx, int64_t n_rows, int64_t n_seq);
@@ -60,7 +70,11 @@ void set_rows_of(const row_inputs & in, const bank_tensors & b, const std::vecto
 // Whether a graph node runs a kernel (views, reshapes and permutations do not).
 bool computes(const ggml_tensor * node);
 
-// x: f32 [n_ff, T], contiguous; T <= hp.chunk (covers()).
-graph build(ggml_context * ctx, ggml_tensor * x, const bank_tensors & b, const row_inputs & in, const ggml_amb_params & hp);
+// x: f32 [n_ff, T], contiguous; covers() holds. prompt_span: a prompt-granularity span is open (the
+// host's llama_pace_amb_decode_begin took the snapshot): the rows retrieve against the snapshot and
+// go to `pend`, and each full chunk there is stored into the live bank; the host flushes the rest at
+// the end of the decode, as for GGML_OP_AMB.
+graph build(ggml_context * ctx, ggml_tensor * x, const bank_tensors & b, const row_inputs & in, const ggml_amb_params & hp,
+            bool prompt_span);
 
 } // namespace pace_amb_composed

@@ -45,6 +45,8 @@ struct amb_layer {
     ggml_tensor * pend      = nullptr; // f32 [n_ff, 2*chunk, S], prompt granularity only
     ggml_tensor * ident     = nullptr; // the composed graph's constants (composed only)
     ggml_tensor * iota      = nullptr;
+    ggml_tensor * pend_seq  = nullptr; // (composed, prompt granularity)
+    ggml_tensor * pend_at   = nullptr;
 };
 
 // Everything a configuration allocates; built whole, then swapped in (all or nothing). Each layer's

@@ -36,17 +36,20 @@ void new_layer_tensors(ggml_context * ctx, amb_layer & l, const llama_pace_amb_p
         l.pend      = ggml_new_tensor_3d(ctx, GGML_TYPE_F32, l.n_ff, 2 * (int64_t) p.chunk, S);
     }
     if (l.impl == amb_impl::composed) {
-        const pace_amb_composed::bank_tensors b = pace_amb_composed::new_constants(ctx, l.bank, l.meta, l.state);
-        l.ident = b.ident;
-        l.iota  = b.iota;
+        const pace_amb_composed::bank_tensors b =
+            pace_amb_composed::new_constants(ctx, l.bank, l.meta, l.state, l.snap, l.snap_meta, l.pend);
+        l.ident    = b.ident;
+        l.iota     = b.iota;
+        l.pend_seq = b.pend_seq;
+        l.pend_at  = b.pend_at;
     }
 }
 
 pace_amb_composed::bank_tensors composed_tensors(const amb_layer & l) {
-    return {l.bank, l.meta, l.state, l.ident, l.iota};
+    return {l.bank, l.meta, l.state, l.snap, l.snap_meta, l.pend, l.ident, l.iota, l.pend_seq, l.pend_at};
 }
 
-constexpr int TENSORS_PER_LAYER = 8;
+constexpr int TENSORS_PER_LAYER = 10;
 
 ggml_context_ptr new_tensor_context(size_t n_layers) {
     ggml_init_params ip = {ggml_tensor_overhead() * TENSORS_PER_LAYER * n_layers + 1024, nullptr, true};
@@ -79,14 +82,16 @@ bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pa
     return ggml_backend_dev_supports_op(dev, out);
 }
 
-// The composed graph of layer l's shapes on n_tokens rows, built without data (a probe).
+// The composed graph of layer l's shapes on n_tokens rows (in a prompt span or not), built without
+// data (a probe).
 struct composed_probe {
     static constexpr size_t MAX_TENSORS = 4096; // the graph has a few hundred, views included
     ggml_context_ptr ctx;
     ggml_cgraph *    gf       = nullptr;
     int              n_tensors = 0;         // what the graph adds: row inputs, nodes and views
 
-    composed_probe(const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos, uint32_t n_tokens) {
+    composed_probe(const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq, uint32_t n_pos, uint32_t n_tokens,
+                   bool span) {
         ggml_init_params ip = {ggml_tensor_overhead() * MAX_TENSORS + ggml_graph_overhead_custom(MAX_TENSORS, false), nullptr, true};
         ctx.reset(ggml_init(ip));
         if (!ctx) {
@@ -97,7 +102,7 @@ struct composed_probe {
         ggml_tensor * a = ggml_new_tensor_2d(ctx.get(), GGML_TYPE_F32, l.n_ff, n_tokens);
         const int before = count_tensors();
         const pace_amb_composed::row_inputs in = pace_amb_composed::new_row_inputs(ctx.get(), n_tokens, n_seq);
-        const pace_amb_composed::graph g = pace_amb_composed::build(ctx.get(), a, composed_tensors(probe), in, op_params_of(p));
+        const pace_amb_composed::graph g = pace_amb_composed::build(ctx.get(), a, composed_tensors(probe), in, op_params_of(p), span);
         n_tensors = count_tensors() - before;
         gf = ggml_new_graph_custom(ctx.get(), MAX_TENSORS, false);
         ggml_build_forward_expand(gf, g.out);
@@ -115,14 +120,22 @@ struct composed_probe {
     }
 };
 
-// Whether `dev`'s backend runs every op of the composed graph of layer l's shapes (as above).
+// Whether a prompt span can be open for layers of these settings: in prompt granularity only.
+std::vector<bool> spans_of(const llama_pace_amb_params & p) {
+    return p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT ? std::vector<bool>{false, true} : std::vector<bool>{false};
+}
+
+// Whether `dev`'s backend runs every op of the composed graph of layer l's shapes (as above), in and
+// out of a prompt span.
 bool device_runs_composed(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
                           uint32_t n_pos, uint32_t n_tokens) {
-    const composed_probe probe(l, p, n_seq, n_pos, n_tokens);
-    for (int i = 0; i < ggml_graph_n_nodes(probe.gf); ++i) {
-        ggml_tensor * node = ggml_graph_node(probe.gf, i);
-        if (pace_amb_composed::computes(node) && !ggml_backend_dev_supports_op(dev, node)) {
-            return false;
+    for (const bool span : spans_of(p)) {
+        const composed_probe probe(l, p, n_seq, n_pos, n_tokens, span);
+        for (int i = 0; i < ggml_graph_n_nodes(probe.gf); ++i) {
+            ggml_tensor * node = ggml_graph_node(probe.gf, i);
+            if (pace_amb_composed::computes(node) && !ggml_backend_dev_supports_op(dev, node)) {
+                return false;
+            }
         }
     }
     return true;
@@ -142,15 +155,14 @@ std::string impl_choice() {
 } // namespace
 
 // How layer l's AMB runs on device `dev`: its backend's GGML_OP_AMB kernel; else the composed graph
-// if the backend runs all of it and it covers the settings (ubatch granularity, one store chunk per
-// ubatch); else the CPU kernel with the bank in host memory (a bank on a device that cannot run the
+// if the backend runs all of it and it covers the settings (ggml-amb-composed.h); else the CPU kernel with the bank in host memory (a bank on a device that cannot run the
 // op would be copied to the CPU for every ubatch, and the op's updates would go to the copy).
 amb_impl amb_impl_of(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
                      uint32_t n_pos, uint32_t n_ubatch) {
     const std::string choice = impl_choice();
     const bool on_cpu = ggml_backend_dev_type(dev) == GGML_BACKEND_DEVICE_TYPE_CPU;
     auto composable = [&] {
-        return pace_amb_composed::covers(op_params_of(p), p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT, n_ubatch) &&
+        return pace_amb_composed::covers(op_params_of(p), p.granularity == LLAMA_PACE_AMB_GRANULARITY_PROMPT, n_ubatch, n_seq) &&
                (on_cpu || device_runs_composed(dev, l, p, n_seq, n_pos, n_ubatch));
     };
     if (choice == "composed" && composable()) {
@@ -174,8 +186,14 @@ int graph_tensors(const amb_layer & l, const llama_pace_amb_params & p, uint32_t
     if (l.impl != amb_impl::composed) {
         return 4; // the op, its row input and a contiguous copy of the activation, and one to spare
     }
-    // small ubatches gather the neighbours' values, large ones multiply: count both
-    return std::max(composed_probe(l, p, n_seq, n_pos, 1).n_tensors, composed_probe(l, p, n_seq, n_pos, n_ubatch).n_tensors);
+    // small ubatches gather the neighbours' values, large ones multiply; a span stores through pend: count all
+    int n = 0;
+    for (const bool span : spans_of(p)) {
+        for (const uint32_t n_tokens : {1u, n_ubatch}) {
+            n = std::max(n, composed_probe(l, p, n_seq, n_pos, n_tokens, span).n_tensors);
+        }
+    }
+    return n;
 }
 
 } // namespace pace_amb

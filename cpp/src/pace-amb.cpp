@@ -454,9 +454,13 @@ public:
     }
 
     bool can_reuse(const llm_graph_params & params) override {
-        // rows == tokens, or rows == outputs (last layer); a changed count needs a new graph
-        return n_rows == (int64_t) params.ubatch.n_tokens || n_rows == (int64_t) params.n_outputs;
+        // rows == tokens, or rows == outputs (last layer); a changed count needs a new graph, and so
+        // does the composed graph when a prompt span opened or closed (it stores through pend)
+        const bool rows_fit = n_rows == (int64_t) params.ubatch.n_tokens || n_rows == (int64_t) params.n_outputs;
+        return rows_fit && (tokens || composed_span == amb->prompt_span_open);
     }
+
+    bool composed_span = false; // the composed graph was built for an open prompt span
 
 private:
     llama_pace_amb *                amb;
@@ -478,7 +482,9 @@ ggml_tensor * build_fused(llama_pace_amb * amb, const amb_layer & l, ggml_contex
 ggml_tensor * build_composed(llama_pace_amb * amb, const amb_layer & l, ggml_context * ctx0, llm_graph_result * res,
                              llm_graph_input_pace_amb & input, ggml_tensor * a) {
     input.composed = pace_amb_composed::new_row_inputs(ctx0, a->ne[1], amb->n_seq);
-    const pace_amb_composed::graph g = pace_amb_composed::build(ctx0, a, composed_tensors(l), input.composed, amb->hparams());
+    input.composed_span = amb->prompt_span_open;
+    const pace_amb_composed::graph g =
+        pace_amb_composed::build(ctx0, a, composed_tensors(l), input.composed, amb->hparams(), input.composed_span);
     for (ggml_tensor * w : g.writes) {
         ggml_build_forward_expand(res->get_gf(), w);
     }
