@@ -59,7 +59,8 @@ def _build_locked(build_dir: Path, options: tuple[str, ...], targets: tuple[str,
     if shutil.which("ninja"):
         configure += ["-G", "Ninja"]
     configure += shlex.split(os.environ.get("CMAKE_ARGS", "")) + list(options)
-    if not (build_dir / "CMakeCache.txt").exists():
+    # configure once; again after a configure that failed half way (a cache but no build system)
+    if not any((build_dir / name).exists() for name in ("build.ninja", "Makefile")):
         subprocess.run(configure, check=True, stdout=subprocess.DEVNULL)
     jobs = str(os.cpu_count() or 2)
     subprocess.run(["cmake", "--build", str(build_dir), "--target", *targets, "-j", jobs], check=True,

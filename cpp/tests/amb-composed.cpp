@@ -11,7 +11,8 @@
 // `--span P` opens a prompt-granularity span with P rows already pending per sequence: the rows
 // retrieve against a snapshot unlike the live bank and join the pending rows, every full chunk is
 // stored, and the pending rows left (count and rows) are compared too.
-// Exit status 0 when every case label, counter and pending count agrees.
+// Exit status 0 when every case label, counter and pending count agrees; 3 when the device's
+// supports_op declines a node (nothing is compared then: the runtime would not put it there).
 //
 //   cmake --build build/<wheel tag> --target pace-amb-composed
 //   build/<wheel tag>/pace-amb-composed [--device NAME] [--impl composed|fused] [--n-ff N]
@@ -131,6 +132,7 @@ struct run_result {
     std::vector<int32_t> state;
     double seconds_per_call = 0;
     int n_nodes = 0;              // computing nodes
+    std::string declined;         // the first node the backend's supports_op declined (nothing ran)
     std::set<std::string> kinds;  // each computing node's op and types, e.g. "GET_ROWS f32,i32->f32"
 };
 
@@ -203,11 +205,23 @@ run_result run(ggml_backend_t backend, bool fused, const state & st, const optio
         ggml_build_forward_expand(gf, out);
         for (ggml_tensor * wr : g.writes) ggml_build_forward_expand(gf, wr);
     }
+    run_result r;
+    // what the runtime's placement asks too (a kernel may decline an op, e.g. over lavapipe's loop budget)
+    for (int i = 0; i < ggml_graph_n_nodes(gf) && r.declined.empty(); ++i) {
+        ggml_tensor * node = ggml_graph_node(gf, i);
+        if (pace_amb_composed::computes(node) && !ggml_backend_supports_op(backend, node)) {
+            r.declined = kind_of(node);
+        }
+    }
+    if (!r.declined.empty()) {
+        ggml_backend_buffer_free(leaves);
+        ggml_free(ctx);
+        return r;
+    }
     ggml_gallocr_t galloc = ggml_gallocr_new(ggml_backend_get_default_buffer_type(backend));
     GGML_ASSERT(ggml_gallocr_alloc_graph(galloc, gf));
     GGML_ASSERT(ggml_backend_graph_compute(backend, gf) == GGML_STATUS_SUCCESS);
 
-    run_result r;
     r.n_nodes = count_kernels(gf);
     for (int i = 0; i < ggml_graph_n_nodes(gf); ++i) {
         if (pace_amb_composed::computes(ggml_graph_node(gf, i))) {
@@ -308,6 +322,12 @@ int main(int argc, char ** argv) {
     const run_result ref = run(cpu, true, st, o);
     const run_result got = run(backend, o.fused, st, o);
     const char * impl = o.fused ? "fused" : "composed";
+    if (!got.declined.empty()) { // exit status 3: not a disagreement, the device does not take it
+        printf("device %s declines the %s op: its supports_op refuses %s\n", o.device.c_str(), impl, got.declined.c_str());
+        if (backend != cpu) ggml_backend_free(backend);
+        ggml_backend_free(cpu);
+        return 3;
+    }
 
     // case labels from the case log (case + 1 per position; rows of no sequence are not logged)
     int same = 0, n_logged = 0, n_case[3] = {0, 0, 0};
