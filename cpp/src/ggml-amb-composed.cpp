@@ -271,6 +271,7 @@ struct builder {
         ggml_tensor * d = ggml_sub(ctx, at, per_row(stored));                            // [1, T]
         ggml_tensor * keep = ggml_mul(ctx, ggml_step(ctx, ggml_scale_bias(ctx, d, 1.0f, 0.5f)), ggml_sum_rows(ctx, onehot_t));
         ggml_tensor * slot = ggml_add(ctx, ggml_mul(ctx, keep, d), ggml_scale_bias(ctx, keep, -(float) (C - 1), (float) (C - 1)));
+        slot = ggml_clamp(ctx, slot, 0.0f, (float) (C - 1)); // in [0, C) by construction; an index is never trusted
         ggml_tensor * key_row = ggml_add(ctx, in.pend_row, slot);
         ggml_tensor * pend2d = ggml_view_2d(ctx, b.pend, n_ff, 2 * P, b.pend->nb[1], 0);
         auto new_rows = [&](ggml_tensor * all) { return ggml_view_2d(ctx, all, n_ff, T, all->nb[1], P * all->nb[1]); }; // from the concat: after its read of pend
