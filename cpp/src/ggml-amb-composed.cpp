@@ -381,11 +381,6 @@ int64_t bank_size(const bank_tensors & b) { return b.bank->ne[1] / 2; }
 
 } // namespace
 
-// Each store chunk of a ubatch adds a copy of the store's ~100 nodes; each row a store reads (all of
-// pend's in a prompt span) a few transposed copies of n_ff floats in the compute buffer.
-constexpr int64_t MAX_CHUNKS     = 8;
-constexpr int64_t MAX_STORE_ROWS = 4096;
-
 bool covers(const ggml_amb_params & hp, bool prompt_granularity, int64_t n_tokens, int64_t n_seq) {
     const int64_t C = hp.chunk;
     if (C < 1 || n_tokens < 1 || n_seq < 1) {

@@ -5,10 +5,10 @@
 // What it computes is GGML_OP_AMB's (pace-amb-math.h, the oracle) on the same tensors (bank, meta,
 // state, and in prompt granularity snapshot and pending rows; shapes in ggml.h's ggml_amb): several
 // sequences per ubatch, both modes, both granularities, store chunks within and across ubatches, the
-// counters and case log, rows of no sequence passed through. Where it differs (see BACKENDS.md): sums are reduced in another order
-// (results agree within rounding); ties between equal similarities follow ggml's top_k; counters pass
-// through f32 (exact up to 2^24 per bank); non-finite rows are not stored but stand in as +-FLT_MAX in
-// the store's sums.
+// counters and case log, rows of no sequence passed through. Where it differs (see BACKENDS.md):
+// sums are reduced in another order (results agree within rounding); ties between equal similarities
+// follow ggml's top_k; counters pass through f32 (exact up to 2^24 per bank); non-finite rows are not
+// stored but stand in as +-FLT_MAX in the store's sums.
 //
 // Used by the bank owner (pace-amb.cpp) and by the design tool cpp/tests/amb-composed.cpp. Depends on
 // ggml alone; the rules it shares with the fused op come from pace-amb-math.h.
@@ -53,8 +53,14 @@ struct graph {
     std::vector<ggml_tensor *> writes; // the bank, meta and state updates: expand them into the graph
 };
 
+// The graph's bounds: each store chunk of a ubatch adds a copy of the store's ~100 nodes; each row a
+// store reads (in prompt granularity every sequence's pending rows and the ubatch's) a few
+// transposed copies of n_ff floats in the compute buffer.
+constexpr int64_t MAX_CHUNKS     = 8;
+constexpr int64_t MAX_STORE_ROWS = 4096;
+
 // Whether the composed graph computes the op for these settings on ubatches of up to n_tokens rows
-// in n_seq sequences: it bounds the store chunks per ubatch and the rows a store reads (see covers()).
+// in n_seq sequences: within the bounds above.
 bool covers(const ggml_amb_params & hp, bool prompt_granularity, int64_t n_tokens, int64_t n_seq);
 
 // pend, snap and snap_meta: null unless the layer is in prompt granularity.

@@ -85,7 +85,7 @@ bool device_runs_amb(ggml_backend_dev_t dev, const amb_layer & l, const llama_pa
 // The composed graph of layer l's shapes on n_tokens rows (in a prompt span or not), built without
 // data (a probe).
 struct composed_probe {
-    static constexpr size_t MAX_TENSORS = 4096; // the graph has a few hundred, views included
+    static constexpr size_t MAX_TENSORS = 16384; // a few hundred per store chunk, views included; 8 chunks at most
     ggml_context_ptr ctx;
     ggml_cgraph *    gf       = nullptr;
     int              n_tensors = 0;         // what the graph adds: row inputs, nodes and views
@@ -155,8 +155,9 @@ std::string impl_choice() {
 } // namespace
 
 // How layer l's AMB runs on device `dev`: its backend's GGML_OP_AMB kernel; else the composed graph
-// if the backend runs all of it and it covers the settings (ggml-amb-composed.h); else the CPU kernel with the bank in host memory (a bank on a device that cannot run the
-// op would be copied to the CPU for every ubatch, and the op's updates would go to the copy).
+// if the backend runs all of it and it covers the settings (pace_amb_composed::covers); else the CPU
+// kernel with the bank in host memory (a bank on a device that cannot run the op would be copied to
+// the CPU for every ubatch, and the op's updates would go to the copy).
 amb_impl amb_impl_of(ggml_backend_dev_t dev, const amb_layer & l, const llama_pace_amb_params & p, uint32_t n_seq,
                      uint32_t n_pos, uint32_t n_ubatch) {
     const std::string choice = impl_choice();
