@@ -10,8 +10,8 @@ llama.cpp's test-backend-ops with the GGML_OP_AMB case and pace-amb-composed (cp
 cache, then incrementally. Point pace_gguf at the libraries with PACE_GGUF_LIB_DIR=<printed folder>.
 
 Needs glslc, SPIRV-Headers, the Vulkan loader's link library (libvulkan-dev) and Vulkan headers of
-version 1.3.261 or later (the pinned ggml-vulkan uses VK_EXT_layer_settings). Debian 12's libvulkan-dev has 1.3.239; Debian 13's (1.4.309) works:
-its headers, unpacked anywhere (`dpkg-deb -x libvulkan-dev_*.deb DIR`), go in with
+version 1.3.261 or later (the pinned ggml-vulkan uses VK_EXT_layer_settings). Debian 12's
+libvulkan-dev has 1.3.239; Debian 13's (1.4.309) works: its headers, unpacked anywhere (`dpkg-deb -x libvulkan-dev_*.deb DIR`), go in with
 --vulkan-include DIR/usr/include, while the system's loader (libvulkan1) stays. On a machine
 without a GPU, Mesa's software driver (lavapipe, mesa-vulkan-drivers) runs it; ggml-vulkan skips
 CPU devices unless they are asked for: GGML_VK_VISIBLE_DEVICES=0.
@@ -20,6 +20,7 @@ CPU devices unless they are asked for: GGML_VK_VISIBLE_DEVICES=0.
 from __future__ import annotations
 
 import argparse
+import glob
 import json
 import re
 import shutil
@@ -36,13 +37,13 @@ NEEDS = {"glslc": "glslc", "spirv/unified1/spirv.hpp": "spirv-headers"}
 MIN_HEADER_VERSION = 261  # VK_EXT_layer_settings (Vulkan-Headers 1.3.261)
 
 
-LOADER_DIRS = ("/usr/lib", "/usr/lib64", "/usr/local/lib", "/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu")
+LOADER = ("/usr/lib*/libvulkan.so", "/usr/lib/*-linux-gnu/libvulkan.so", "/usr/local/lib/libvulkan.so")
 
 
 def missing_packages() -> list[str]:
     missing = [] if shutil.which("glslc") else [NEEDS["glslc"]]
     # CMake links the loader through its unversioned name, which only the -dev package installs
-    if not any((Path(folder) / "libvulkan.so").exists() for folder in LOADER_DIRS):
+    if not any(glob.glob(pattern) for pattern in LOADER):
         missing.append("libvulkan-dev")
     return missing + [pkg for header, pkg in NEEDS.items() if "/" in header and not (Path("/usr/include") / header).exists()]
 

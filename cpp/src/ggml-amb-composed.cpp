@@ -194,15 +194,17 @@ struct builder {
         ggml_tensor * cases = ggml_add(ctx, mh, hi);
 
         graph g{out, cases, {}};
-        // The first store chunk classifies with the retrieval's similarities (same rows, same bank), as
-        // the fused op does; that also puts every write after the retrieval's reads of the bank.
-        ggml_tensor * top_s = ks == k ? top : ggml_top_k(ctx, v.s_top, ks);
-        if (span) {
+        if (span) { // the store reads the live bank, not the snapshot the retrieval saw
             store_pending(g, x, out, live);
-        } else if (T <= hp.chunk) {
-            store(g, x, out, v, top_s, live);
         } else {
-            store_chunks(g, x, out, v, top_s, live);
+            // The first store chunk classifies with the retrieval's similarities (same rows, same bank),
+            // as the fused op does; that also puts every write after the retrieval's reads of the bank.
+            ggml_tensor * top_s = ks == k ? top : ggml_top_k(ctx, v.s_top, ks);
+            if (T <= hp.chunk) {
+                store(g, x, out, v, top_s, live);
+            } else {
+                store_chunks(g, x, out, v, top_s, live);
+            }
         }
         log_cases(g, low, mid, hi, cases);
         return g;
